@@ -1,0 +1,60 @@
+"""Thin Python client of kmr recommenders served by NVIDIA Triton.
+
+Imports tritonclient, numpy and ``kmr.contract`` / ``kmr.vocabulary`` only: never
+TensorFlow or Keras. Raw ids go in and come out; the vocabularies published next to
+the model map them to the dense indices the model uses.
+
+Usage:
+    >>> from client import RecommenderClient
+    >>> with RecommenderClient("127.0.0.1:8001", "movielens_retrieve",
+    ...                        vocabularies="model_repository") as client:  # doctest: +SKIP
+    ...     info = client.model_info                  # graph kind, k, sizes, limits
+    ...     top = client.recommend([1, 7], k=5, exclude=[[318], []])
+    ...     top.item_ids, top.scores                  # [2, 5] raw ids, [2, 5] float32
+    >>> with RecommenderClient("127.0.0.1:8000", "movielens_rerank",
+    ...                        protocol="http") as client:  # doctest: +SKIP
+    ...     client.rerank([0], [[10, 42, 7]], k=2, raw_ids=False).positions
+
+Async (gRPC): ``client.aio.AsyncRecommenderClient`` has the same methods as coroutines.
+Errors: everything raised is a ``client.RecommenderError``; see ``client.errors``.
+"""
+
+from client._codec import Recommendations
+from client._retry import ClientStats, RetryPolicy
+from client.admin import ModelAdmin, ModelStatus
+from client.aio import AsyncRecommenderClient
+from client.errors import (
+    InferenceError,
+    InvalidRequestError,
+    ModelContractError,
+    ModelNotFoundError,
+    RecommenderError,
+    ServerUnavailableError,
+    UnknownRawIdError,
+)
+from client.model_info import ModelInfo, TensorSpec, normalize_config, parse_model_info
+from client.recommender_client import RecommenderClient
+from client.vocabularies import Vocabularies, load_vocabularies
+
+__all__ = [
+    "AsyncRecommenderClient",
+    "ClientStats",
+    "InferenceError",
+    "InvalidRequestError",
+    "ModelAdmin",
+    "ModelContractError",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "ModelStatus",
+    "RecommenderClient",
+    "RecommenderError",
+    "Recommendations",
+    "RetryPolicy",
+    "ServerUnavailableError",
+    "TensorSpec",
+    "UnknownRawIdError",
+    "Vocabularies",
+    "load_vocabularies",
+    "normalize_config",
+    "parse_model_info",
+]

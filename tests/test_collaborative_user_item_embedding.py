@@ -70,11 +70,14 @@ def test_embedding_gives_zero_rows_never_wrapped_rows_when_ids_invalid_in_a_grap
     def lookup(users, items):
         return layer([users, items])
 
-    user_emb, item_emb = lookup(tf.constant([-1, 7, 2], tf.int64), tf.constant([[-1, -11, 11, 3]]))
-    np.testing.assert_array_equal(user_emb.numpy()[:2], 0.0)
-    np.testing.assert_array_equal(user_emb.numpy()[2], layer.user_embeddings.numpy()[2])
-    np.testing.assert_array_equal(item_emb.numpy()[0, :3], 0.0)
-    np.testing.assert_array_equal(item_emb.numpy()[0, 3], layer.item_embeddings.numpy()[3])
+    user_emb, item_emb = lookup(
+        tf.constant([-1, 7, 2**32 + 5, 2**62, 2], tf.int64),
+        tf.constant([[-1, -11, 11, 2**32 + 3, -(2**62), 3]], tf.int64),
+    )
+    np.testing.assert_array_equal(user_emb.numpy()[:4], 0.0)
+    np.testing.assert_array_equal(user_emb.numpy()[4], layer.user_embeddings.numpy()[2])
+    np.testing.assert_array_equal(item_emb.numpy()[0, :5], 0.0)
+    np.testing.assert_array_equal(item_emb.numpy()[0, 5], layer.item_embeddings.numpy()[3])
 
 
 def test_embedding_l2_loss_matches_numpy_and_scales_when_l2_reg_changes():

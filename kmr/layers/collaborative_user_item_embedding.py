@@ -56,9 +56,10 @@ def masked_lookup(table: Any, ids: Any, size: int) -> Any:
     Gather alone would wrap a negative id to the end of the table (another entity's
     row) and fail the whole batch for an id >= size; masking avoids both.
     """
-    ids = ops.cast(ids, "int32" if size < 2**31 else "int64")
+    # Range check on the ids as given: casting first would turn 2**32 + 5 into 5.
     valid = ops.logical_and(ops.greater_equal(ids, 0), ops.less(ids, size))
     safe_ids = ops.where(valid, ids, ops.zeros_like(ids))
+    safe_ids = ops.cast(safe_ids, "int32" if size < 2**31 else "int64")
     rows = ops.take(table, safe_ids, axis=0)
     return rows * ops.expand_dims(ops.cast(valid, rows.dtype), -1)
 

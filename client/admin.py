@@ -1,0 +1,154 @@
+"""Managing models on a server started with ``--model-control-mode=explicit``.
+
+For hot updates: publish a new version folder, `ModelAdmin.load_model` (Triton reloads
+the model and serves the versions its version policy selects), then
+`ModelAdmin.wait_until_ready` for the new version before sending traffic to it.
+
+Example:
+    >>> from client.admin import ModelAdmin
+    >>> with ModelAdmin("localhost:8001") as admin:  # doctest: +SKIP
+    ...     admin.load_model("mf_rerank")
+    ...     admin.wait_until_ready("mf_rerank", version="2", timeout=60)
+    ...     [m.name for m in admin.list_models() if m.state == "READY"]
+    ['mf_rerank']
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from client._transport import check_protocol, strip_scheme, to_client_error
+from client.errors import ModelNotFoundError, RecommenderError
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One row of the server's repository index (version and state may be empty)."""
+
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+class ModelAdmin:
+    """Load, unload, list and await models over gRPC or HTTP.
+
+    Args:
+        url: ``host:port`` of the server's gRPC or HTTP endpoint.
+        protocol: ``"grpc"`` or ``"http"``.
+        timeout: Seconds allowed per server call (a load may take a while).
+    """
+
+    def __init__(self, url: str, *, protocol: str = "grpc", timeout: float = 60.0) -> None:
+        self.protocol = check_protocol(protocol)
+        self.timeout = timeout
+        if protocol == "grpc":
+            import tritonclient.grpc as grpcclient
+
+            self._client: Any = grpcclient.InferenceServerClient(strip_scheme(url))
+            self._kwargs: dict[str, Any] = {"client_timeout": timeout}
+        else:
+            import tritonclient.http as httpclient
+
+            self._client = httpclient.InferenceServerClient(
+                strip_scheme(url), connection_timeout=timeout, network_timeout=timeout
+            )
+            self._kwargs = {}
+
+    def __enter__(self) -> ModelAdmin:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the underlying tritonclient."""
+        self._client.close()
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs, **self._kwargs)
+        except Exception as error:
+            raise to_client_error(error, what) from error
+
+    def list_models(self) -> list[ModelStatus]:
+        """Every model in the repository with its state (READY, UNAVAILABLE, ...)."""
+        if self.protocol == "grpc":
+            raw = self._call("repository index", self._client.get_model_repository_index,
+                             as_json=True)
+            rows = raw.get("models", [])
+        else:
+            rows = self._call("repository index", self._client.get_model_repository_index)
+        return [
+            ModelStatus(
+                name=row.get("name", ""),
+                version=str(row.get("version", "")),
+                state=row.get("state", ""),
+                reason=row.get("reason", ""),
+            )
+            for row in rows
+        ]
+
+    def load_model(self, model_name: str) -> None:
+        """Loads (or reloads, picking up new versions) a model; returns once loaded.
+
+        Raises:
+            RecommenderError: The server refused or failed to load it.
+        """
+        self._call(f"load model {model_name!r}", self._client.load_model, model_name)
+
+    def unload_model(self, model_name: str) -> None:
+        """Unloads a model."""
+        self._call(f"unload model {model_name!r}", self._client.unload_model, model_name)
+
+    def is_model_ready(self, model_name: str, version: str = "") -> bool:
+        """True when the model (or that version) is ready to serve."""
+        return bool(
+            self._call(f"model {model_name!r} ready", self._client.is_model_ready,
+                       model_name, version)
+        )
+
+    def wait_until_ready(
+        self,
+        model_name: str,
+        version: str = "",
+        *,
+        timeout: float = 60.0,
+        interval: float = 0.25,
+    ) -> float:
+        """Polls until the model (version) is ready; returns the seconds waited.
+
+        Raises:
+            ModelNotFoundError: Not ready within ``timeout`` (the message carries the
+                repository index's state and reason).
+        """
+        start = time.monotonic()
+        while True:
+            try:
+                if self.is_model_ready(model_name, version):
+                    return time.monotonic() - start
+            except RecommenderError:
+                pass  # the server may be restarting; keep polling until the deadline
+            if time.monotonic() - start >= timeout:
+                break
+            time.sleep(interval)
+        try:
+            states = [f"{m.version or '?'}: {m.state} {m.reason}".strip()
+                      for m in self.list_models() if m.name == model_name]
+        except RecommenderError as error:
+            states = [f"index unavailable ({error})"]
+        label = f"{model_name!r}" + (f" version {version}" if version else "")
+        raise ModelNotFoundError(
+            f"Model {label} not ready after {timeout:g} s. Repository index: "
+            f"{states or 'model not listed'}"
+        )

@@ -1,0 +1,161 @@
+"""`AsyncRecommenderClient`: the asyncio twin of `RecommenderClient` (gRPC).
+
+Validation, encoding, chunking and decoding are the same code as the sync client's;
+only the transport (``tritonclient.grpc.aio``) and the awaiting differ. Chunks of one
+request are sent concurrently.
+
+Example:
+    >>> import asyncio
+    >>> from client.aio import AsyncRecommenderClient
+    >>> async def main():
+    ...     async with AsyncRecommenderClient("localhost:8001", "mf_retrieve") as client:
+    ...         return await client.recommend([0, 1], k=3, raw_ids=False)
+    >>> asyncio.run(main()).item_ids.shape  # doctest: +SKIP
+    (2, 3)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from google.protobuf.message import Message
+
+from client._base import ClientBase, VocabularySource
+from client._codec import Plan, Recommendations
+from client._retry import call_with_retry_async
+from client._transport import AsyncGrpcTransport, AsyncTransport
+from client.errors import InvalidRequestError, RecommenderError
+from client.model_info import ModelInfo
+
+
+class AsyncRecommenderClient(ClientBase):
+    """Async client with the same options and methods as `RecommenderClient`.
+
+    Methods that talk to the server are coroutines. ``model_info`` is available once
+    `fetch_model_info` (or any request) has run.
+
+    Args:
+        url: ``host:port`` of the server's gRPC endpoint.
+        model_name: The model's name in the repository.
+        protocol: Only ``"grpc"``.
+        model_version: A version number as str; empty lets the server choose.
+        timeout: Seconds allowed per server call.
+        retries: Extra attempts when the server answers UNAVAILABLE.
+        backoff: Seconds before the first retry; doubles on each further retry.
+        vocabularies: As for `RecommenderClient`.
+        transport: Replaces the tritonclient adapter (tests).
+
+    Example:
+        >>> async def top3(url):
+        ...     async with AsyncRecommenderClient(url, "mf_rerank") as client:
+        ...         return await client.rerank([0], [[1, 2, 3, 4]], k=3, raw_ids=False)
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model_name: str,
+        *,
+        protocol: str = "grpc",
+        model_version: str = "",
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.1,
+        vocabularies: VocabularySource = None,
+        transport: AsyncTransport | None = None,
+    ) -> None:
+        super().__init__(
+            url,
+            model_name,
+            model_version=model_version,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            vocabularies=vocabularies,
+        )
+        if protocol != "grpc":
+            raise InvalidRequestError(
+                "Invalid value received for argument `protocol`. The async client supports "
+                f"'grpc' only. Received: protocol={protocol!r}"
+            )
+        self.protocol = protocol
+        self._transport = transport or AsyncGrpcTransport(
+            url, model_name, model_version, timeout
+        )
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    async def __aenter__(self) -> AsyncRecommenderClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Closes the underlying gRPC channel."""
+        await self._transport.close()
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """The cached model facts; await `fetch_model_info` (or a request) first."""
+        if self._info is None:
+            raise RecommenderError(
+                "Model facts are not fetched yet: `await client.fetch_model_info()` first."
+            )
+        return self._info
+
+    async def fetch_model_info(self, *, refresh: bool = False) -> ModelInfo:
+        """As `RecommenderClient.fetch_model_info`."""
+        if self._info is None or refresh:
+            self._accept_config(await self._call(self._transport.get_config))
+        assert self._info is not None
+        return self._info
+
+    async def get_model_config(self, *, as_json: bool = True) -> dict[str, Any] | Message:
+        """As `RecommenderClient.get_model_config`."""
+        return self._format_config(await self._call(self._transport.get_config), as_json)
+
+    async def recommend(
+        self,
+        user_ids: Any,
+        *,
+        k: int | None = None,
+        exclude: Any = None,
+        raw_ids: bool = True,
+    ) -> Recommendations:
+        """As `RecommenderClient.recommend`."""
+        info = await self.fetch_model_info()
+        return await self._run(self._plan_recommend(info, user_ids, k, exclude, raw_ids))
+
+    async def rerank(
+        self,
+        user_ids: Any,
+        candidate_item_ids: Any,
+        *,
+        k: int | None = None,
+        raw_ids: bool = True,
+    ) -> Recommendations:
+        """As `RecommenderClient.rerank`."""
+        info = await self.fetch_model_info()
+        return await self._run(
+            self._plan_rerank(info, user_ids, candidate_item_ids, k, raw_ids)
+        )
+
+    async def _run(self, plan: Plan) -> Recommendations:
+        answers = await asyncio.gather(
+            *(
+                self._call(lambda chunk=chunk: self._transport.infer(chunk, plan.outputs))
+                for chunk in plan.chunks
+            )
+        )
+        return plan.finish(answers)
+
+    async def _call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        return await call_with_retry_async(fn, self.retry_policy, self.stats, self._sleep)

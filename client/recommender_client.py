@@ -1,0 +1,208 @@
+"""`RecommenderClient`: the synchronous client of a kmr model served by Triton.
+
+Example:
+    >>> from client import RecommenderClient
+    >>> with RecommenderClient("localhost:8001", "movielens_retrieve",
+    ...                        vocabularies="model_repository") as client:  # doctest: +SKIP
+    ...     result = client.recommend(["user_42"], k=5, exclude=[["item_7"]])
+    ...     result.item_ids[0], result.scores[0]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from google.protobuf.message import Message
+
+from client._base import ClientBase, VocabularySource
+from client._codec import Plan, Recommendations
+from client._retry import call_with_retry
+from client._transport import Transport, check_protocol, make_transport
+from client.model_info import ModelInfo
+
+
+class RecommenderClient(ClientBase):
+    """Queries one served kmr model over gRPC or HTTP; numpy in, numpy out.
+
+    Model facts (graph kind, k, table sizes, limits) are read from the server's model
+    config on first use and cached; every request is validated against them before
+    anything is sent. Batches larger than the model's ``max_batch_size`` are split into
+    chunks and reassembled in order.
+
+    Args:
+        url: ``host:port`` of the server's gRPC or HTTP endpoint (a scheme is allowed).
+        model_name: The model's name in the repository.
+        protocol: ``"grpc"`` or ``"http"``.
+        model_version: A version number as str; empty lets the server choose.
+        timeout: Seconds allowed per server call.
+        retries: Extra attempts when the server answers UNAVAILABLE (never for other
+            errors).
+        backoff: Seconds before the first retry; doubles on each further retry.
+        vocabularies: A `Vocabularies`, or a folder to load them from (the version
+            folder, the model folder, or the repository root), or None for dense
+            indices only.
+        transport: Replaces the tritonclient adapter (tests, custom channels).
+
+    Raises:
+        InvalidRequestError: An option is invalid.
+
+    Example:
+        >>> with RecommenderClient("localhost:8001", "mf_rerank",
+        ...                        vocabularies="model_repository") as client:  # doctest: +SKIP
+        ...     result = client.rerank(["u1", "u2"], [["i1", "i2", "i3"], ["i3", "i4", "i5"]])
+        ...     result.item_ids.shape == result.scores.shape == result.positions.shape
+        True
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model_name: str,
+        *,
+        protocol: str = "grpc",
+        model_version: str = "",
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.1,
+        vocabularies: VocabularySource = None,
+        transport: Transport | None = None,
+    ) -> None:
+        super().__init__(
+            url,
+            model_name,
+            model_version=model_version,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            vocabularies=vocabularies,
+        )
+        self.protocol = check_protocol(protocol)
+        self._transport = transport or make_transport(
+            url, model_name, protocol=protocol, model_version=model_version, timeout=timeout
+        )
+        self._sleep: Callable[[float], None] = time.sleep
+
+    def __enter__(self) -> RecommenderClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the underlying tritonclient."""
+        self._transport.close()
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """The served model's facts, fetched on first access and then cached."""
+        return self._info if self._info is not None else self.fetch_model_info()
+
+    def fetch_model_info(self, *, refresh: bool = False) -> ModelInfo:
+        """Returns the model facts, asking the server if not cached or if ``refresh``.
+
+        Call with ``refresh=True`` after a hot update; it also reloads vocabularies given
+        as a folder.
+
+        Raises:
+            ModelNotFoundError: The server does not serve the model.
+            ModelContractError: The config lacks kmr's parameters, or the vocabularies
+                do not match it.
+        """
+        if self._info is None or refresh:
+            self._accept_config(self._call(self._transport.get_config))
+        assert self._info is not None
+        return self._info
+
+    def get_model_config(self, *, as_json: bool = True) -> dict[str, Any] | Message:
+        """Returns the server's model config, the same for both protocols.
+
+        Args:
+            as_json: True for a dict in the HTTP endpoint's shape (int64 values as
+                ints); False for a ``tritonclient.grpc.model_config_pb2.ModelConfig``.
+
+        Example:
+            >>> client.get_model_config()["parameters"]["k"]  # doctest: +SKIP
+            {'string_value': '10'}
+        """
+        return self._format_config(self._call(self._transport.get_config), as_json)
+
+    def recommend(
+        self,
+        user_ids: Any,
+        *,
+        k: int | None = None,
+        exclude: Any = None,
+        raw_ids: bool = True,
+    ) -> Recommendations:
+        """Top-k items of the whole catalogue for each user (``retrieve`` models).
+
+        Args:
+            user_ids: 1-D list or array of user ids [B].
+            k: Results per user, 1..exported k; default the exported k.
+            exclude: Optional list (one per user) of item ids never to return; the
+                lists may differ in length (dense lists may also be -1 padded).
+            raw_ids: True: ids are raw ids mapped by the vocabularies and results come
+                back as raw ids. False: ids are dense indices in [0, n).
+
+        Returns:
+            `Recommendations` with ``item_ids`` and ``scores`` of shape [B, k].
+
+        Raises:
+            InvalidRequestError: The request is invalid (nothing is sent).
+            RecommenderError: The server failed (see `client.errors`).
+
+        Example:
+            >>> client.recommend([0, 1], k=3, raw_ids=False).item_ids  # doctest: +SKIP
+            array([[4, 2, 7],
+                   [1, 4, 0]])
+        """
+        return self._run(self._plan_recommend(self.model_info, user_ids, k, exclude, raw_ids))
+
+    def rerank(
+        self,
+        user_ids: Any,
+        candidate_item_ids: Any,
+        *,
+        k: int | None = None,
+        raw_ids: bool = True,
+    ) -> Recommendations:
+        """Orders each user's candidate items by score, best first (``rerank`` models).
+
+        Args:
+            user_ids: 1-D list or array of user ids [B].
+            candidate_item_ids: 2-D [B, N] candidate item ids, N >= 1, same N for all.
+            k: Results per user, 1..exported k; default the exported k. With N < k the
+                last slots are empty (id -1 / None, score -inf).
+            raw_ids: As in `recommend`.
+
+        Returns:
+            `Recommendations` with ``item_ids``, ``scores`` and ``positions`` [B, k].
+
+        Raises:
+            InvalidRequestError: The request is invalid (nothing is sent).
+            RecommenderError: The server failed (see `client.errors`).
+
+        Example:
+            >>> client.rerank([0], [[5, 3, 9]], k=2, raw_ids=False).positions  # doctest: +SKIP
+            array([[2, 0]])
+        """
+        plan = self._plan_rerank(self.model_info, user_ids, candidate_item_ids, k, raw_ids)
+        return self._run(plan)
+
+    def _run(self, plan: Plan) -> Recommendations:
+        answers = [
+            self._call(lambda chunk=chunk: self._transport.infer(chunk, plan.outputs))
+            for chunk in plan.chunks
+        ]
+        return plan.finish(answers)
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        return call_with_retry(fn, self.retry_policy, self.stats, self._sleep)

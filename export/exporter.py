@@ -1,0 +1,440 @@
+"""The export job: trained ``model.keras`` -> checked ONNX graphs -> Triton repository.
+
+Stages (each reported to ``progress`` with its duration): load, convert, check (ONNX
+checker + onnxruntime load), verify parity (against the trained model), publish.
+Nothing becomes visible in the repository unless every graph of the export passed every
+stage; with ``graph="both"`` both models are staged first and published last.
+
+Model naming: ``graph="rerank"`` or ``"retrieve"`` publishes one model called ``name``;
+``graph="both"`` publishes ``<name>_rerank`` and ``<name>_retrieve``.
+
+Example:
+    >>> result = export_model("artifacts/model.keras", "model_repository",
+    ...                       name="recommender", graph="both", k=10)  # doctest: +SKIP
+    >>> [(m.name, m.version) for m in result.models]  # doctest: +SKIP
+    [('recommender_rerank', 1), ('recommender_retrieve', 1)]
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from export.errors import ExportError
+from export.repository import (
+    MANIFEST_FILE,
+    RepositoryError,
+    StagedVersion,
+    check_model_name,
+    check_writable,
+    clean_stale_staging,
+    existing_versions,
+    model_paths,
+    next_version,
+)
+from kmr import contract
+
+GRAPH_BOTH = "both"
+GRAPH_CHOICES = (*contract.GRAPH_KINDS, GRAPH_BOTH)
+BACKEND_ONNXRUNTIME = "onnxruntime"
+BACKEND_PYTHON = "python"
+BACKENDS = (BACKEND_ONNXRUNTIME, BACKEND_PYTHON)
+PYTHON_BACKEND_FILE = Path(__file__).parent / "python_backend" / "model.py"
+_VOCAB_CHECK_MAX_BYTES = 16 << 20  # larger vocabularies are copied without loading them
+
+Progress = Callable[[str, float, str], None]
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """One model version written by an export.
+
+    Attributes:
+        name: Model name in the repository.
+        graph_kind: ``"rerank"`` or ``"retrieve"``.
+        version: Integer version.
+        version_dir: The published version folder.
+        external_data: Whether the weights are in ``model.onnx.data``.
+        parity: The parity figures (see `export.parity.ParityReport`).
+    """
+
+    name: str
+    graph_kind: str
+    version: int
+    version_dir: Path
+    external_data: bool
+    parity: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export_model` published and how long each stage took (seconds)."""
+
+    models: tuple[PublishedModel, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _noop(stage: str, seconds: float, message: str) -> None:
+    pass
+
+
+def _model_names(name: str, graph: str) -> list[tuple[str, str]]:
+    if graph == GRAPH_BOTH:
+        return [(f"{name}_{kind}", kind) for kind in contract.GRAPH_KINDS]
+    return [(name, graph)]
+
+
+def _check_args(graph: str, backend: str, k: Any, version: Any, threshold_mb: Any) -> None:
+    if graph not in GRAPH_CHOICES:
+        raise ExportError(f"Unknown graph {graph!r}: expected one of {GRAPH_CHOICES}.")
+    if backend not in BACKENDS:
+        raise ExportError(f"Unknown backend {backend!r}: expected one of {BACKENDS}.")
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise ExportError(f"Invalid k={k!r}: expected a positive int.")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)
+                                or version <= 0):
+        raise ExportError(f"Invalid version={version!r}: expected a positive int.")
+    if threshold_mb is not None and not 0 <= threshold_mb <= 1024:
+        raise ExportError(
+            f"Invalid external data threshold {threshold_mb!r} MB: expected 0..1024 "
+            "(a protobuf file is limited to 2 GB)."
+        )
+
+
+def load_trained_model(model_path: str | os.PathLike[str]) -> Any:
+    """Loads a trained ``.keras`` file safely; raises ExportError with the reason if not."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise ExportError(f"Model file {str(path)!r} does not exist.")
+    import keras
+
+    import kmr.layers  # noqa: F401 - registers the kmr layers for deserialization
+    from kmr.models import recommender_parts
+
+    try:
+        model = keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:  # noqa: BLE001 - keras raises many types for bad files
+        raise ExportError(f"Cannot load {str(path)!r} as a Keras model: {error}") from error
+    try:
+        recommender_parts(model)
+    except ValueError as error:
+        raise ExportError(f"{str(path)!r} is not a kmr recommender: {error}") from error
+    return model
+
+
+def _vocabulary_files(model_path: Path, num_users: int, num_items: int) -> list[Path]:
+    from kmr.vocabulary import Vocabulary
+
+    files = []
+    for file_name, size, what in (
+        (contract.USER_VOCAB_FILE, num_users, "users"),
+        (contract.ITEM_VOCAB_FILE, num_items, "items"),
+    ):
+        path = model_path.parent / file_name
+        if not path.is_file():
+            raise ExportError(
+                f"Vocabulary {str(path)!r} is missing: export publishes the vocabularies "
+                f"saved next to {model_path.name}."
+            )
+        if path.stat().st_size <= _VOCAB_CHECK_MAX_BYTES:
+            try:
+                vocab = Vocabulary.load(path)
+            except (ValueError, KeyError, TypeError) as error:
+                raise ExportError(f"Bad vocabulary {str(path)!r}: {error}") from error
+            if len(vocab) != size:
+                raise ExportError(
+                    f"Vocabulary {str(path)!r} has {len(vocab)} ids but the model has "
+                    f"{size} {what}."
+                )
+        files.append(path)
+    return files
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_model(
+    model_path: str | os.PathLike[str],
+    repo: str | os.PathLike[str],
+    *,
+    name: str = "recommender",
+    graph: str = contract.GRAPH_RERANK,
+    k: int = 10,
+    backend: str = BACKEND_ONNXRUNTIME,
+    version: int | None = None,
+    force: bool = False,
+    max_batch_size: int = 64,
+    max_queue_delay_us: int = 100,
+    instances: int = 1,
+    external_data_threshold_mb: float | None = None,
+    progress: Progress = _noop,
+) -> ExportResult:
+    """Exports a trained recommender into a Triton model repository.
+
+    Args:
+        model_path: The trained ``model.keras``; its folder holds the vocabularies.
+        repo: The model repository root (created if missing).
+        name: Model name (``graph="both"`` appends ``_rerank`` / ``_retrieve``).
+        graph: ``"rerank"``, ``"retrieve"`` or ``"both"``.
+        k: Results per request, a constant of the model (``1 <= k <= num_items``).
+        backend: ``"onnxruntime"`` (production) or ``"python"`` (local server).
+        version: Version to write; default one more than the highest existing.
+        force: Replace an existing ``version``.
+        max_batch_size: Triton ``max_batch_size``.
+        max_queue_delay_us: Dynamic batching queue delay.
+        instances: CPU instance count.
+        external_data_threshold_mb: Tables above this many MB (total) are stored as
+            external data; 0 forces external data. Default 64.
+        progress: Called as ``progress(stage, seconds, message)`` after each stage.
+
+    Returns:
+        The published models and stage timings.
+
+    Raises:
+        ExportError: Bad arguments or input files, a failed check or parity, or an
+            unwritable repository. Nothing is published then.
+
+    Example:
+        >>> export_model("missing.keras", "repo", k=0)  # doctest: +SKIP
+        Traceback (most recent call last):
+        export.errors.ExportError: Invalid k=0: expected a positive int.
+    """
+    _check_args(graph, backend, k, version, external_data_threshold_mb)
+    model_path = Path(model_path)
+    names = _model_names(name, graph)
+    try:
+        for model_name, _ in names:
+            check_model_name(model_name)
+        repo = check_writable(repo)
+    except RepositoryError as error:
+        raise ExportError(str(error)) from error
+    plans = []
+    for model_name, kind in names:
+        v = version if version is not None else next_version(repo, model_name)
+        if v in existing_versions(repo, model_name) and not force:
+            raise ExportError(
+                f"Version {v} of model {model_name!r} already exists in {str(repo)!r}; "
+                "pass --force to replace it or choose another --version."
+            )
+        plans.append((model_name, kind, v))
+    if backend == BACKEND_PYTHON and not PYTHON_BACKEND_FILE.is_file():
+        raise ExportError(f"The python backend file {PYTHON_BACKEND_FILE} is missing.")
+    clean_stale_staging(repo)
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    model = load_trained_model(model_path)
+    emb = _embedding(model)
+    if k > emb.num_items:
+        raise ExportError(f"Invalid k={k}: the model has only {emb.num_items} items.")
+    vocab_files = _vocabulary_files(model_path, emb.num_users, emb.num_items)
+    keras_cases = _keras_rerank_cases(model, k) if any(
+        kind == contract.GRAPH_RERANK for _, kind, _ in plans) else []
+    from export.serving_graphs import RecommenderWeights
+
+    # One numpy copy of the tables, then drop the model's TF variables (a second copy).
+    weights = RecommenderWeights.from_model(model)
+    del model, emb
+    gc.collect()
+    timings["load"] = time.perf_counter() - start
+    progress("load", timings["load"], f"{model_path} ({weights.num_users} users, "
+             f"{weights.num_items} items, D={weights.embedding_dim})")
+
+    threshold_mb = 64 if external_data_threshold_mb is None else external_data_threshold_mb
+    staged: list[tuple[StagedVersion, PublishedModel]] = []
+    try:
+        for model_name, kind, v in plans:
+            staging = StagedVersion(model_paths(repo, model_name, v), replace=force)
+            staged.append((staging, None))  # type: ignore[arg-type]
+            published = _stage_graph(
+                weights, keras_cases, model_path, staging, kind, k, v, backend,
+                int(threshold_mb * (1 << 20)),
+                dict(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+                     instance_count=instances),
+                vocab_files, timings, progress,
+            )
+            staged[-1] = (staging, published)
+        start = time.perf_counter()
+        for staging, _ in staged:
+            staging.publish()
+    except BaseException as error:
+        for staging, _ in staged:
+            staging.discard()
+        if isinstance(error, ExportError):
+            raise
+        if isinstance(error, (RepositoryError, OSError, RuntimeError, ValueError)):
+            raise ExportError(f"Export failed: {error}") from error
+        raise
+    timings["publish"] = time.perf_counter() - start
+    models = tuple(p for _, p in staged)
+    progress("publish", timings["publish"],
+             ", ".join(f"{m.name} v{m.version} -> {m.version_dir}" for m in models))
+    return ExportResult(models, timings)
+
+
+def _embedding(model: Any) -> Any:
+    from kmr.models import recommender_parts
+
+    return recommender_parts(model).embedding
+
+
+def _stage_graph(
+    model: Any,
+    keras_cases: list[tuple],
+    model_path: Path,
+    staging: StagedVersion,
+    kind: str,
+    k: int,
+    version: int,
+    backend: str,
+    threshold_bytes: int,
+    serving: dict[str, int],
+    vocab_files: list[Path],
+    timings: dict[str, float],
+    progress: Progress,
+) -> PublishedModel:
+    from export.onnx_convert import ConversionError, convert_graph, load_session
+    from export.parity import check_parity, parity_cases, rerank_reference, retrieve_reference
+    from export.serving_graphs import serving_graph
+    from export.triton_config import build_model_config, config_to_text
+
+    emb = model  # RecommenderWeights: num_users, num_items, embedding_dim
+    start = time.perf_counter()
+    graph = serving_graph(model, kind, k)
+    try:
+        converted = convert_graph(graph, staging.dir, external_threshold_bytes=threshold_bytes)
+    except ConversionError as error:
+        raise ExportError(str(error)) from error
+    timings[f"convert_{kind}"] = time.perf_counter() - start
+    storage = "external data" if converted.external_data else "inline weights"
+    progress("convert", timings[f"convert_{kind}"], f"{kind}: {converted.path.name} ({storage})")
+
+    start = time.perf_counter()
+    try:
+        session = load_session(converted.path)
+    except ConversionError as error:
+        raise ExportError(str(error)) from error
+    timings[f"check_{kind}"] = time.perf_counter() - start
+    progress("check", timings[f"check_{kind}"], f"{kind}: onnx.checker + onnxruntime load OK")
+
+    start = time.perf_counter()
+    reference = rerank_reference if kind == contract.GRAPH_RERANK else retrieve_reference
+    names = contract.OUTPUTS[kind]
+
+    def run(case: dict) -> dict:
+        return dict(zip(names, session.run(list(names), case), strict=True))
+
+    def ref(case: dict) -> dict:
+        return reference(model, *case.values(), k=k)
+
+    cases = parity_cases(kind, emb.num_users, emb.num_items, k)
+    report = check_parity(run, ref, cases)
+    keras_diff = _keras_rerank_diff(keras_cases, run, k) if kind == contract.GRAPH_RERANK else None
+    session = graph = None  # free the session's copy of the weights before the next graph
+    gc.collect()
+    timings[f"parity_{kind}"] = time.perf_counter() - start
+    line = report.summary()
+    if keras_diff is not None:
+        line += f"; vs model(): max |score diff| {keras_diff[0]:.3g}, ids equal: {keras_diff[1]}"
+    progress("verify parity", timings[f"parity_{kind}"], f"{kind}: {line}")
+    if not report.passed or (keras_diff is not None and not keras_diff[2]):
+        raise ExportError(f"Parity check failed for the {kind} graph: {line}")
+
+    for path in vocab_files:
+        shutil.copyfile(path, staging.dir / path.name)
+    if backend == BACKEND_PYTHON:
+        shutil.copyfile(PYTHON_BACKEND_FILE, staging.dir / PYTHON_BACKEND_FILE.name)
+    config = build_model_config(
+        name=staging.paths.model_dir.name, graph_kind=kind, backend=backend,
+        num_users=emb.num_users, num_items=emb.num_items,
+        embedding_dim=emb.embedding_dim, k=k, **serving,
+    )
+    staging.config_text = config_to_text(config)
+    parity = asdict(report)
+    if keras_diff is not None:
+        parity["keras_max_abs_score_diff"], parity["keras_ids_equal"] = keras_diff[:2]
+    manifest = _manifest(model_path, converted, kind, k, backend, emb, parity, timings)
+    (staging.dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return PublishedModel(staging.paths.model_dir.name, kind, version,
+                          staging.paths.version_dir, converted.external_data, parity)
+
+
+def _keras_rerank_cases(model: Any, k: int) -> list[tuple]:
+    """``(users, items, positions, scores)`` from ``model([...])`` on a few valid ids."""
+    import numpy as np
+
+    from export.parity import keras_rerank
+
+    emb = _embedding(model)
+    rng = np.random.default_rng(1)
+    users = rng.integers(0, emb.num_users, 5).astype(np.int64)
+    cases = []
+    for n in (1, k + 5):
+        items = rng.integers(0, emb.num_items, (5, n)).astype(np.int64)
+        cases.append((users, items, *keras_rerank(model, users, items)))
+    return cases
+
+
+def _keras_rerank_diff(cases: list[tuple], run: Callable, k: int) -> tuple[float, bool, bool]:
+    """ONNX vs ``model([...])`` on valid ids: (max |score diff|, ids equal, passed)."""
+    import numpy as np
+
+    from export.parity import SCORE_TOLERANCE
+
+    worst, equal = 0.0, True
+    for users, items, positions, scores in cases:
+        out = run({contract.USER_ID: users, contract.ITEM_IDS: items})
+        width = min(k, positions.shape[1])  # the saved model's own k may differ from k
+        got = out[contract.TOP_SCORES][:, :width]
+        worst = max(worst, float(np.abs(got - scores[:, :width]).max()))
+        equal = equal and np.array_equal(out[contract.TOP_POSITIONS][:, :width],
+                                         positions[:, :width])
+    return worst, equal, equal and worst <= SCORE_TOLERANCE
+
+
+def _manifest(model_path: Path, converted: Any, kind: str, k: int, backend: str, emb: Any,
+              parity: dict, timings: dict) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import tf2onnx
+
+    from export.onnx_convert import OPSET
+
+    return {
+        "format": "kmr-export-manifest/1",
+        "source_model": str(model_path.resolve()),
+        "source_model_bytes": model_path.stat().st_size,
+        "graph_kind": kind,
+        "k": k,
+        "backend": backend,
+        "num_users": emb.num_users,
+        "num_items": emb.num_items,
+        "embedding_dim": emb.embedding_dim,
+        "onnx_file": converted.path.name,
+        "onnx_sha256": _sha256(converted.path),
+        "external_data_file": contract.ONNX_WEIGHTS_FILE if converted.external_data else None,
+        "external_data_bytes": (
+            (converted.path.parent / contract.ONNX_WEIGHTS_FILE).stat().st_size
+            if converted.external_data else 0
+        ),
+        "opset": OPSET,
+        "parity": parity,
+        "timings_seconds": {key: round(v, 3) for key, v in timings.items()},
+        "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "tools": {"tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": onnxruntime.__version__},
+    }

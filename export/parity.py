@@ -1,0 +1,231 @@
+"""Parity of an exported graph with the trained Keras model.
+
+References are computed from the trained model itself: the kmr similarity layer (with
+its normalization option) on rows of the model's own tables, invalid ids masked to
+``-inf`` as the serving contract says (`export.serving_graphs`), then a stable top-k
+(ties to the lower position). For valid ids the rerank reference is also checked
+against ``model([user_ids, item_ids])`` directly. Retrieval scores the catalogue in
+chunks so a 10M-item table never needs a transposed copy.
+
+Example:
+    >>> import numpy as np
+    >>> from kmr.models import build_recommender
+    >>> model = build_recommender(4, 6, 2, k=2)
+    >>> ref = rerank_reference(model, np.array([0, -1]), np.array([[1, 7], [1, 2]]), k=3)
+    >>> ref["top_item_ids"].tolist()[1], ref["top_positions"].tolist()[0][1:]
+    ([-1, -1, -1], [-1, -1])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from export.serving_graphs import RecommenderWeights, as_weights
+from kmr import contract
+from kmr.models import recommender_parts
+
+Model = keras.Model | RecommenderWeights  # a trained model or its extracted weights
+
+SCORE_TOLERANCE = 1e-5
+_CHUNK_ITEMS = 1 << 20
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """How an exported graph's outputs compare with the reference.
+
+    Attributes:
+        cases: Number of input batches compared.
+        rows: Total rows compared.
+        max_abs_score_diff: Largest ``|score - reference|`` over finite reference scores.
+        ids_equal: Whether every id (and position) output equals the reference exactly.
+        tie_swaps: Slots whose ids differ but whose scores agree within tolerance (an
+            order flip between near-equal scores; counted, not a failure).
+        passed: Scores within tolerance, ``-inf`` slots identical, ids equal up to ties.
+    """
+
+    cases: int
+    rows: int
+    max_abs_score_diff: float
+    ids_equal: bool
+    tie_swaps: int
+    passed: bool
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        return (
+            f"parity: {self.cases} cases / {self.rows} rows, max |score diff| "
+            f"{self.max_abs_score_diff:.3g}, top-k ids equal: {'yes' if self.ids_equal else 'no'}"
+            + (f" ({self.tie_swaps} near-tie swaps)" if self.tie_swaps else "")
+            + (" -> OK" if self.passed else " -> FAILED")
+        )
+
+
+def _tables(model: Model) -> tuple[np.ndarray, np.ndarray]:
+    weights = as_weights(model)
+    return weights.users, weights.items
+
+
+def _similarity(model: Model, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    layer = model.similarity if isinstance(model, RecommenderWeights) else (
+        recommender_parts(model).similarity
+    )
+    return np.asarray(keras.ops.convert_to_numpy(layer([users, items])), np.float32)
+
+
+def _valid(ids: np.ndarray, size: int) -> np.ndarray:
+    return (ids >= 0) & (ids < size)
+
+
+def _stable_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k positions and scores per row; ties to the lower position; -inf padded."""
+    b, n = scores.shape
+    positions = np.full((b, k), -1, np.int64)
+    values = np.full((b, k), -np.inf, np.float32)
+    for row in range(b):
+        s = scores[row]
+        take = min(k, n)
+        if take == 0:
+            continue
+        if n > 4 * k:  # only sort the candidates that can make the top k
+            kth = np.partition(s, n - take)[n - take]
+            cand = np.flatnonzero(s >= kth)
+        else:
+            cand = np.arange(n)
+        order = cand[np.lexsort((cand, -s[cand]))][:take]
+        positions[row, :take] = order
+        values[row, :take] = s[order]
+    return positions, values
+
+
+def rerank_reference(
+    model: Model, user_ids: np.ndarray, item_ids: np.ndarray, k: int
+) -> dict[str, np.ndarray]:
+    """The rerank outputs the served graph must produce, from the trained model."""
+    users, items = _tables(model)
+    user_ids = np.asarray(user_ids, np.int64)
+    item_ids = np.asarray(item_ids, np.int64)
+    user_ok = _valid(user_ids, users.shape[0])
+    item_ok = _valid(item_ids, items.shape[0]) & user_ok[:, None]
+    u = users[np.where(user_ok, user_ids, 0)][:, None, :]
+    v = items[np.where(item_ok, item_ids, 0)]
+    scores = _similarity(model, u, v) if item_ids.shape[1] else np.zeros(item_ids.shape)
+    scores = np.where(item_ok, scores, -np.inf).astype(np.float32)
+    positions, values = _stable_top_k(scores, k)
+    found = values > -np.inf
+    positions = np.where(found, positions, contract.INVALID_ID)
+    ids = np.take_along_axis(item_ids, np.maximum(positions, 0), axis=1) if item_ids.size else (
+        np.full_like(positions, contract.INVALID_ID)
+    )
+    return {
+        contract.TOP_ITEM_IDS: np.where(found, ids, contract.INVALID_ID),
+        contract.TOP_POSITIONS: positions,
+        contract.TOP_SCORES: values,
+    }
+
+
+def retrieve_reference(
+    model: Model, user_ids: np.ndarray, exclude_item_ids: np.ndarray, k: int
+) -> dict[str, np.ndarray]:
+    """The retrieve outputs the served graph must produce, from the trained model."""
+    users, items = _tables(model)
+    user_ids = np.asarray(user_ids, np.int64)
+    exclude = np.asarray(exclude_item_ids, np.int64)
+    user_ok = _valid(user_ids, users.shape[0])
+    u = users[np.where(user_ok, user_ids, 0)][:, None, :]
+    n = items.shape[0]
+    scores = np.empty((len(user_ids), n), np.float32)
+    for start in range(0, n, _CHUNK_ITEMS):
+        chunk = items[None, start : start + _CHUNK_ITEMS]
+        scores[:, start : start + chunk.shape[1]] = _similarity(model, u, chunk)
+    for row in range(len(user_ids)):
+        drop = exclude[row][_valid(exclude[row], n)]
+        scores[row, drop] = -np.inf
+    scores[~user_ok] = -np.inf
+    positions, values = _stable_top_k(scores, k)
+    found = values > -np.inf
+    return {
+        contract.TOP_ITEM_IDS: np.where(found, positions, contract.INVALID_ID),
+        contract.TOP_SCORES: values,
+    }
+
+
+def keras_rerank(model: keras.Model, user_ids: np.ndarray, item_ids: np.ndarray) -> tuple:
+    """``model([user_ids, item_ids])`` as numpy ``(positions, scores)`` (valid ids only)."""
+    positions, scores = model([np.asarray(user_ids, np.int64), np.asarray(item_ids, np.int64)])
+    return np.asarray(positions).astype(np.int64), np.asarray(scores)
+
+
+def compare(
+    outputs: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray],
+    *,
+    tolerance: float = SCORE_TOLERANCE,
+) -> tuple[float, bool, int, bool]:
+    """Compares one batch: ``(max_abs_score_diff, ids_equal, tie_swaps, passed)``."""
+    got, want = outputs[contract.TOP_SCORES], reference[contract.TOP_SCORES]
+    finite = np.isfinite(want)
+    same_inf = np.array_equal(np.isneginf(got), np.isneginf(want))
+    diff = np.abs(got[finite] - want[finite]) if finite.any() else np.zeros(1)
+    limit = tolerance * np.maximum(1.0, np.abs(want[finite])) if finite.any() else 1.0
+    scores_ok = same_inf and bool(np.all(diff <= limit))
+    id_names = [n for n in reference if n != contract.TOP_SCORES]
+    mismatch = np.zeros(got.shape, bool)
+    for name in id_names:
+        mismatch |= outputs[name] != reference[name]
+    tie_swaps = int(mismatch.sum())
+    return float(diff.max()), tie_swaps == 0, tie_swaps, scores_ok
+
+
+def check_parity(
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    reference: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    cases: list[dict[str, np.ndarray]],
+) -> ParityReport:
+    """Runs every case through ``run`` and ``reference`` and summarises the comparison.
+
+    Example:
+        >>> import numpy as np
+        >>> out = {"top_item_ids": np.array([[1]]), "top_scores": np.array([[0.5]], "f4")}
+        >>> check_parity(lambda c: out, lambda c: out, [{}]).passed
+        True
+    """
+    worst, ids_equal, swaps, passed, rows = 0.0, True, 0, True, 0
+    for case in cases:
+        out, ref = run(case), reference(case)
+        diff, equal, swap, ok = compare(out, ref)
+        worst, ids_equal, swaps = max(worst, diff), ids_equal and equal, swaps + swap
+        passed = passed and ok
+        rows += len(next(iter(case.values()), ()))
+    # A swap is only a tie if scores still agree slot by slot (checked by `ok`).
+    return ParityReport(len(cases), rows, worst, ids_equal, swaps, passed)
+
+
+def parity_cases(kind: str, num_users: int, num_items: int, k: int, seed: int = 0) -> list:
+    """A few batches of valid and invalid ids that exercise every documented rule."""
+    rng = np.random.default_rng(seed)
+    bad = np.array([-1, num_users, 2**62, -(2**62)], np.int64)
+    good = np.unique(np.r_[0, num_users - 1, rng.integers(0, num_users, 4)])
+    users = np.r_[good, bad].astype(np.int64)
+    b = len(users)
+    if kind == contract.GRAPH_RERANK:
+        n = k + 3
+        items = rng.integers(0, num_items, (b, n)).astype(np.int64)
+        items[:, -4:] = [-1, num_items, 2**62, -(2**62)]
+        few = rng.integers(0, num_items, (b, 1)).astype(np.int64)
+        return [
+            {contract.USER_ID: users, contract.ITEM_IDS: items},
+            {contract.USER_ID: users, contract.ITEM_IDS: few},
+        ]
+    m = 6
+    exclude = np.full((b, m), -1, np.int64)
+    exclude[:, 0] = rng.integers(0, num_items, b)
+    exclude[:, 1:4] = [num_items, 2**62, -(2**62)]
+    return [
+        {contract.USER_ID: users, contract.EXCLUDE_ITEM_IDS: exclude},
+        {contract.USER_ID: users, contract.EXCLUDE_ITEM_IDS: exclude[:, :0]},
+    ]

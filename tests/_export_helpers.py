@@ -1,0 +1,37 @@
+"""Shared helpers for the export tests: tiny random-weight recommenders and sessions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kmr import contract
+from kmr.models import build_recommender
+from kmr.vocabulary import Vocabulary
+
+
+def tiny_model(num_users: int = 30, num_items: int = 200, dim: int = 8, *,
+               normalization: str = "sqrt_dim", seed: int = 0):
+    """A recommender with random (not near-zero) weights so scores are well separated."""
+    model = build_recommender(num_users, num_items, dim, k=10, normalization=normalization)
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
+    return model
+
+
+def save_artifacts(model, folder: str | os.PathLike[str]) -> Path:
+    """Saves model.keras and identity vocabularies; returns the model path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    emb = model.get_layer("embedding")
+    model.save(folder / contract.MODEL_FILE)
+    Vocabulary(list(range(emb.num_users))).save(folder / contract.USER_VOCAB_FILE)
+    Vocabulary(list(range(emb.num_items))).save(folder / contract.ITEM_VOCAB_FILE)
+    return folder / contract.MODEL_FILE
+
+
+def run_session(session, kind: str, feed: dict) -> dict:
+    names = list(contract.OUTPUTS[kind])
+    return dict(zip(names, session.run(names, feed), strict=True))
