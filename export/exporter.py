@@ -131,6 +131,24 @@ def load_trained_model(model_path: str | os.PathLike[str]) -> Any:
     return model
 
 
+def open_trained_archive(model_path: str | os.PathLike[str]) -> Any:
+    """Opens a trained ``.keras`` without loading the model; ExportError with the reason if not.
+
+    The archive's ``config.json`` must be exactly a kmr recommender (no code runs; a
+    ``Lambda`` or unknown class is refused) and its weights must match the config; see
+    `export.keras_archive`. Returns the open `export.keras_archive.KerasArchive`.
+    """
+    from export.keras_archive import ArchiveError, open_archive
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise ExportError(f"Model file {str(path)!r} does not exist.")
+    try:
+        return open_archive(path)
+    except (ArchiveError, OSError) as error:
+        raise ExportError(f"Cannot load {str(path)!r} as a Keras model: {error}") from error
+
+
 def _vocabulary_files(model_path: Path, num_users: int, num_items: int) -> list[Path]:
     from kmr.vocabulary import Vocabulary
 
@@ -237,19 +255,42 @@ def export_model(
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    model = load_trained_model(model_path)
-    emb = _embedding(model)
-    if k > emb.num_items:
-        raise ExportError(f"Invalid k={k}: the model has only {emb.num_items} items.")
-    vocab_files = _vocabulary_files(model_path, emb.num_users, emb.num_items)
-    keras_cases = _keras_rerank_cases(model, k) if any(
-        kind == contract.GRAPH_RERANK for _, kind, _ in plans) else []
+    archive = open_trained_archive(model_path)
+    try:
+        return _export_archive(archive, model_path, repo, plans, k, backend, force,
+                               external_data_threshold_mb, max_batch_size,
+                               max_queue_delay_us, instances, timings, start, progress)
+    finally:
+        archive.close()
+
+
+def _export_archive(
+    archive: Any,
+    model_path: Path,
+    repo: Path,
+    plans: list[tuple[str, str, int]],
+    k: int,
+    backend: str,
+    force: bool,
+    external_data_threshold_mb: float | None,
+    max_batch_size: int,
+    max_queue_delay_us: int,
+    instances: int,
+    timings: dict[str, float],
+    start: float,
+    progress: Progress,
+) -> ExportResult:
+    """`export_model` after the archive is open: stage every graph, then publish."""
+    if k > archive.num_items:
+        raise ExportError(f"Invalid k={k}: the model has only {archive.num_items} items.")
+    vocab_files = _vocabulary_files(model_path, archive.num_users, archive.num_items)
+    # Always run: it is also Keras's own safe_mode deserialisation of the config.
+    keras_cases = _keras_rerank_cases(archive, k)
     from export.serving_graphs import RecommenderWeights
 
-    # One numpy copy of the tables, then drop the model's TF variables (a second copy).
-    weights = RecommenderWeights.from_model(model)
-    del model, emb
-    gc.collect()
+    # The tables stay in the archive: they are read in row chunks while being written
+    # to the ONNX files and while the parity references are computed.
+    weights = RecommenderWeights(archive.users, archive.items, archive.similarity_layer())
     timings["load"] = time.perf_counter() - start
     progress("load", timings["load"], f"{model_path} ({weights.num_users} users, "
              f"{weights.num_items} items, D={weights.embedding_dim})")
@@ -284,12 +325,6 @@ def export_model(
     progress("publish", timings["publish"],
              ", ".join(f"{m.name} v{m.version} -> {m.version_dir}" for m in models))
     return ExportResult(models, timings)
-
-
-def _embedding(model: Any) -> Any:
-    from kmr.models import recommender_parts
-
-    return recommender_parts(model).embedding
 
 
 def _stage_graph(
@@ -373,19 +408,29 @@ def _stage_graph(
                           staging.paths.version_dir, converted.external_data, parity)
 
 
-def _keras_rerank_cases(model: Any, k: int) -> list[tuple]:
-    """``(users, items, positions, scores)`` from ``model([...])`` on a few valid ids."""
+def _keras_rerank_cases(archive: Any, k: int) -> list[tuple]:
+    """``(users, items, positions, scores)`` from the trained model's ``model([...])``.
+
+    The model is the archive's own config, deserialised by Keras in safe mode with the
+    tables shrunk to the sampled rows (`export.keras_archive.sample_model`), so this
+    costs the same at 10M items as at 100.
+    """
     import numpy as np
 
+    from export.keras_archive import ArchiveError, sample_model
     from export.parity import keras_rerank
 
-    emb = _embedding(model)
     rng = np.random.default_rng(1)
-    users = rng.integers(0, emb.num_users, 5).astype(np.int64)
+    users = rng.integers(0, archive.num_users, 5).astype(np.int64)
     cases = []
     for n in (1, k + 5):
-        items = rng.integers(0, emb.num_items, (5, n)).astype(np.int64)
-        cases.append((users, items, *keras_rerank(model, users, items)))
+        items = rng.integers(0, archive.num_items, (5, n)).astype(np.int64)
+        try:
+            model, local_users, local_items = sample_model(archive, users, items)
+        except (ArchiveError, ValueError) as error:
+            raise ExportError(
+                f"Cannot load {str(archive.path)!r} as a Keras model: {error}") from error
+        cases.append((users, items, *keras_rerank(model, local_users, local_items)))
     return cases
 
 

@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
@@ -141,10 +140,8 @@ class ObjectiveModel(keras.Model):
 def pairwise_scores(similarity: NormalizedDotProductSimilarity, a: Any, b: Any) -> Any:
     """Every row of ``a (P, D)`` against every row of ``b (Q, D)``: ``(P, Q)`` scores.
 
-    The same numbers as ``similarity([a[:, None], b[None]])``, computed as one 2-D
-    MatMul. Why not call the layer: its broadcast ``(P,1,D) x (1,D,Q)`` MatMul has a
-    gradient that TensorFlow materialises as ``(P, D, Q)`` before summing over P
-    (measured: 154 ms vs 5 ms per step for P=256, Q=6300, D=64).
+    Goes through the similarity layer as ``(P, 1, D)`` against ``(1, Q, D)``, a shape
+    the layer computes as one 2-D MatMul (cheap gradient).
 
     Example:
         >>> import numpy as np
@@ -153,14 +150,4 @@ def pairwise_scores(similarity: NormalizedDotProductSimilarity, a: Any, b: Any) 
         >>> np.asarray(pairwise_scores(sim, a, b)).tolist()
         [[2.0, 2.0, 2.0], [2.0, 2.0, 2.0]]
     """
-    if similarity.normalization == "cosine":
-        a = _unit_rows(a)
-        b = _unit_rows(b)
-    scores = ops.matmul(a, ops.transpose(b))
-    if similarity.normalization == "sqrt_dim":
-        scores = scores / math.sqrt(int(a.shape[-1]))
-    return scores
-
-
-def _unit_rows(x: Any) -> Any:
-    return x / ops.maximum(ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True)), 1e-12)
+    return similarity([ops.expand_dims(a, 1), ops.expand_dims(b, 0)])

@@ -5,7 +5,8 @@ its normalization option) on rows of the model's own tables, invalid ids masked 
 ``-inf`` as the serving contract says (`export.serving_graphs`), then a stable top-k
 (ties to the lower position). For valid ids the rerank reference is also checked
 against ``model([user_ids, item_ids])`` directly. Retrieval scores the catalogue in
-chunks so a 10M-item table never needs a transposed copy.
+chunks with a running top-k, so a 10M-item table is never held whole: the tables may be
+numpy arrays or `export.keras_archive.ArchiveTable` views that read rows on demand.
 
 Example:
     >>> import numpy as np
@@ -31,7 +32,7 @@ from kmr.models import recommender_parts
 Model = keras.Model | RecommenderWeights  # a trained model or its extracted weights
 
 SCORE_TOLERANCE = 1e-5
-_CHUNK_ITEMS = 1 << 20
+_CHUNK_ITEMS = 1 << 18  # 64 MB of a D=64 float32 table per chunk
 
 
 @dataclass(frozen=True)
@@ -131,27 +132,51 @@ def rerank_reference(
 def retrieve_reference(
     model: Model, user_ids: np.ndarray, exclude_item_ids: np.ndarray, k: int
 ) -> dict[str, np.ndarray]:
-    """The retrieve outputs the served graph must produce, from the trained model."""
+    """The retrieve outputs the served graph must produce, from the trained model.
+
+    The item table is scored in chunks of `_CHUNK_ITEMS` rows and only a running top-k
+    per user is kept (merged with each chunk's own top-k under the same total order:
+    score descending, then item id ascending), so memory stays at one chunk even for a
+    10M-item table read from the archive (`export.keras_archive.ArchiveTable`).
+    """
     users, items = _tables(model)
     user_ids = np.asarray(user_ids, np.int64)
     exclude = np.asarray(exclude_item_ids, np.int64)
+    b, n = len(user_ids), items.shape[0]
     user_ok = _valid(user_ids, users.shape[0])
-    u = users[np.where(user_ok, user_ids, 0)][:, None, :]
-    n = items.shape[0]
-    scores = np.empty((len(user_ids), n), np.float32)
+    u = np.asarray(users[np.where(user_ok, user_ids, 0)], np.float32)[:, None, :]
+    drop = [exclude[row][_valid(exclude[row], n)] for row in range(b)]
+    best_ids = np.empty((b, 0), np.int64)
+    best_scores = np.empty((b, 0), np.float32)
     for start in range(0, n, _CHUNK_ITEMS):
-        chunk = items[None, start : start + _CHUNK_ITEMS]
-        scores[:, start : start + chunk.shape[1]] = _similarity(model, u, chunk)
-    for row in range(len(user_ids)):
-        drop = exclude[row][_valid(exclude[row], n)]
-        scores[row, drop] = -np.inf
-    scores[~user_ok] = -np.inf
-    positions, values = _stable_top_k(scores, k)
-    found = values > -np.inf
+        chunk = np.asarray(items[start : start + _CHUNK_ITEMS], np.float32)
+        scores = np.array(_similarity(model, u, chunk[None]), np.float32)  # writable
+        for row in range(b):
+            local = drop[row][(drop[row] >= start) & (drop[row] < start + len(chunk))]
+            scores[row, local - start] = -np.inf
+        scores[~user_ok] = -np.inf
+        positions, values = _stable_top_k(scores, k)
+        ids = np.where(positions >= 0, positions + start, -1)
+        best_ids, best_scores = _merge_top_k(
+            np.concatenate([best_ids, ids], 1), np.concatenate([best_scores, values], 1), k
+        )
+    found = best_scores > -np.inf
     return {
-        contract.TOP_ITEM_IDS: np.where(found, positions, contract.INVALID_ID),
-        contract.TOP_SCORES: values,
+        contract.TOP_ITEM_IDS: np.where(found, best_ids, contract.INVALID_ID),
+        contract.TOP_SCORES: np.where(found, best_scores, -np.inf).astype(np.float32),
     }
+
+
+def _merge_top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``k`` best ``(score desc, id asc)`` entries; padding ids are -1."""
+    out_ids = np.full((ids.shape[0], k), -1, np.int64)
+    out_scores = np.full((ids.shape[0], k), -np.inf, np.float32)
+    for row in range(ids.shape[0]):
+        real = ids[row] >= 0
+        order = np.lexsort((ids[row][real], -scores[row][real]))[:k]
+        out_ids[row, : len(order)] = ids[row][real][order]
+        out_scores[row, : len(order)] = scores[row][real][order]
+    return out_ids, out_scores
 
 
 def keras_rerank(model: keras.Model, user_ids: np.ndarray, item_ids: np.ndarray) -> tuple:

@@ -4,8 +4,9 @@ Each graph is a `tf.function` whose embedding tables are function *inputs*, not
 captured variables. The converter therefore never sees the weights (no 2 GB protobuf
 limit, no 20-30x RAM blow-up); `export.onnx_weights` later turns those inputs into
 initializers holding the real values. The tables are given in *serving layout*
-(`TableSpec`): the retrieve item table is stored transposed, pre-normalised and with
-one extra all-zero column, so the served graph is one MatMul in the layout MatMul wants.
+(`TableSpec`): the retrieve item table is stored transposed, pre-normalised and padded
+with zero columns to whole blocks (`padded_columns`), so the served graph is one MatMul
+in the layout MatMul wants.
 
 Output contract (shared by both graphs, see `kmr.contract`):
 
@@ -27,8 +28,11 @@ rejects ``N = 0`` per request before it reaches the graph.
 ``retrieve``: ``user_id`` INT64 ``[B]``, ``exclude_item_ids`` INT64 ``[B, M]`` ->
 ``top_item_ids`` INT64, ``top_scores`` FP32, each ``[B, k]``, over the whole item table.
 Exclusion ids equal to -1 (padding) or out of range are ignored; an excluded item
-scores ``-inf``. Exclusion is a ScatterND of ``-inf`` into the score matrix's extra
-column-padded layout: nothing of size ``B x M x N`` is ever built.
+scores ``-inf``. Top-k is exact and two-stage, so nothing of size ``[B, N]`` is copied
+after the MatMul: block maxima (``retrieve_block_size`` items per block) pick the
+``k + M + pads`` best blocks, exclusions are scattered as ``-inf`` into those gathered
+blocks only, and the final TopK runs over them (blocks in ascending id order, so ties
+still go to the lower item id). Nothing of size ``B x M x N`` is ever built.
 
 Example:
     >>> from kmr.models import build_recommender
@@ -57,9 +61,28 @@ from kmr.models import recommender_parts
 
 USER_TABLE = "kmr_user_table"
 ITEM_TABLE = "kmr_item_table"
-ITEM_TABLE_T = "kmr_item_table_t"  # retrieve: [D, N + 1], the MatMul's B operand
+ITEM_TABLE_T = "kmr_item_table_t"  # retrieve: [D, padded_columns(N)], the MatMul's B operand
 
 _CHUNK_ROWS = 1 << 18  # rows per streamed chunk: 64 MB of a D=64 float32 table
+_LARGE_BLOCK = 64  # retrieve: items per block of the two-stage top-k (large catalogues)
+_SMALL_BLOCK = 8  # ... and for catalogues below _LARGE_BLOCK ** 2 items
+
+
+def retrieve_block_size(num_items: int) -> int:
+    """Items per block of the retrieve graph's two-stage top-k."""
+    return _LARGE_BLOCK if num_items + 1 >= _LARGE_BLOCK**2 else _SMALL_BLOCK
+
+
+def padded_columns(num_items: int) -> int:
+    """Columns of the stored retrieve item table: ``num_items`` + >= 1 zero pad columns,
+    rounded up to a whole number of blocks.
+
+    Example:
+        >>> padded_columns(5), padded_columns(1_000_000)
+        (8, 1000064)
+    """
+    block = retrieve_block_size(num_items)
+    return -(-(num_items + 1) // block) * block
 
 
 @dataclass(frozen=True)
@@ -200,7 +223,7 @@ def serving_graph(
         >>> from kmr.models import build_recommender
         >>> g = serving_graph(build_recommender(3, 5, 2, k=2), "retrieve", k=2)
         >>> [t.name for t in g.tables], g.tables[1].shape
-        (['kmr_user_table', 'kmr_item_table_t'], (2, 6))
+        (['kmr_user_table', 'kmr_item_table_t'], (2, 8))
     """
     if kind not in contract.GRAPH_KINDS:
         raise ValueError(
@@ -227,7 +250,8 @@ def serving_graph(
         fn = _retrieve_function(k, num_users, num_items, dim, cosine)
         n, d = items.shape
         item_table = TableSpec(
-            ITEM_TABLE_T, (d, n + 1), lambda: _transposed_chunks(items, normalize=cosine)
+            ITEM_TABLE_T, (d, padded_columns(n)),
+            lambda: _transposed_chunks(items, normalize=cosine),
         )
         signature = (
             tf.TensorSpec([None], tf.int64, name=contract.USER_ID),
@@ -249,13 +273,15 @@ def _row_major_chunks(table: np.ndarray) -> Iterator[tuple[int, memoryview]]:
 
 
 def _transposed_chunks(items: np.ndarray, *, normalize: bool) -> Iterator[tuple[int, memoryview]]:
-    """Yields ``items.T`` (optionally rows L2-normalised) with one extra zero column.
+    """Yields ``items.T`` (optionally rows L2-normalised) followed by zero pad columns
+    up to `padded_columns` (at least one).
 
     Works on row blocks so memory stays at one block: row ``d`` of the output is written
-    piecewise at ``d * (n + 1) + start``.
+    piecewise at ``d * padded + start``.
     """
     n, d = items.shape
-    stride = (n + 1) * 4
+    padded = padded_columns(n)
+    stride = padded * 4
     for start in range(0, n, _CHUNK_ROWS):
         block = items[start : start + _CHUNK_ROWS]
         if normalize:  # same formula as the similarity layer's cosine option
@@ -264,7 +290,7 @@ def _transposed_chunks(items: np.ndarray, *, normalize: bool) -> Iterator[tuple[
         block_t = np.ascontiguousarray(block.T, dtype=np.float32)
         for row in range(d):
             yield row * stride + start * 4, memoryview(block_t[row]).cast("B")
-    zero = np.zeros(1, np.float32)
+    zero = np.zeros(padded - n, np.float32)
     for row in range(d):
         yield row * stride + n * 4, memoryview(zero).cast("B")
 
@@ -303,6 +329,12 @@ def _rerank_function(similarity: keras.layers.Layer, k: int, num_users: int, num
 
 
 def _retrieve_function(k: int, num_users: int, num_items: int, dim: int, cosine: bool):
+    block = retrieve_block_size(num_items)
+    padded = padded_columns(num_items)
+    num_blocks = padded // block
+    # Pad columns [num_items, padded) score 0 and are always excluded (-inf).
+    pad_ids = np.arange(num_items, padded, dtype=np.int64)
+
     @tf.function(autograph=False)
     def retrieve(user_id, exclude_item_ids, kmr_user_table, kmr_item_table_t):
         neg_inf = tf.constant(-np.inf, tf.float32)
@@ -314,21 +346,49 @@ def _retrieve_function(k: int, num_users: int, num_items: int, dim: int, cosine:
             user_rows = user_rows / tf.maximum(norms, 1e-12)
         else:
             user_rows = user_rows * (1.0 / math.sqrt(dim))
-        scores = tf.matmul(user_rows, kmr_item_table_t)  # [B, N + 1]; column N is a dummy
+        scores = tf.matmul(user_rows, kmr_item_table_t)  # [B, padded]; pad columns dummies
         batch = tf.shape(user_id)[0]
         exclude = tf.broadcast_to(exclude_item_ids, [batch, tf.shape(exclude_item_ids)[1]])
-        # Invalid / padding exclusions point at the dummy column, which is always hit.
+        # Invalid / padding exclusions point at the first pad column, always excluded.
         columns = tf.where(_valid(exclude, num_items), exclude, num_items)
-        columns = tf.concat([columns, tf.fill([batch, 1], tf.constant(num_items, tf.int64))], 1)
-        rows = tf.broadcast_to(tf.range(tf.cast(batch, tf.int64))[:, None], tf.shape(columns))
-        scores = tf.tensor_scatter_nd_update(
-            scores, tf.stack([rows, columns], axis=-1), tf.fill(tf.shape(columns), neg_inf)
+        columns = tf.concat([columns, tf.tile(tf.constant(pad_ids)[None, :], [batch, 1])], 1)
+        # Stage 1: exact block pruning. The k best non-excluded items lie in the
+        # k + (number of excluded columns) blocks with the largest maxima (ties to the
+        # lower block), so only those blocks are looked at again. Nothing of size
+        # [B, padded] is copied or scattered into.
+        blocked = tf.reshape(scores, [batch, num_blocks, block])
+        block_max = tf.reduce_max(blocked, axis=2)  # [B, num_blocks]
+        wanted = tf.minimum(k + tf.shape(columns)[1], num_blocks)
+        _, chosen = tf.math.top_k(block_max, k=wanted, sorted=True)  # int32 [B, wanted]
+        # Ascending block order keeps "ties go to the lower item id" in stage 2.
+        chosen = tf.cast(-tf.math.top_k(-tf.cast(chosen, tf.float32), k=wanted)[0], tf.int32)
+        picked = tf.gather(blocked, chosen, batch_dims=1)  # [B, wanted, block]
+        picked = tf.concat([picked, tf.fill([batch, 1, block], neg_inf)], axis=1)
+        # Exclusions land in their chosen block, or in the all -inf extra row.
+        rows = tf.range(batch)[:, None]
+        rank_map = tf.tensor_scatter_nd_update(
+            tf.fill([batch, num_blocks], wanted),
+            tf.stack([tf.broadcast_to(rows, tf.shape(chosen)), chosen], axis=-1),
+            tf.broadcast_to(tf.range(wanted)[None, :], tf.shape(chosen)),
         )
-        top_scores, top_ids = tf.math.top_k(scores, k=k, sorted=True)
+        columns = tf.cast(columns, tf.int32)
+        ranks = tf.gather(rank_map, columns // block, batch_dims=1)
+        rows = tf.broadcast_to(rows, tf.shape(columns))
+        picked = tf.tensor_scatter_nd_update(
+            picked, tf.stack([rows, ranks, columns % block], axis=-1),
+            tf.fill(tf.shape(columns), neg_inf),
+        )
+        # Stage 2: TopK over the chosen blocks only.
+        top_scores, positions = tf.math.top_k(
+            tf.reshape(picked, [batch, -1]), k=k, sorted=True
+        )
+        chosen = tf.concat([chosen, tf.zeros([batch, 1], tf.int32)], axis=1)
+        top_blocks = tf.gather(chosen, positions // block, batch_dims=1)
+        top_ids = tf.cast(top_blocks, tf.int64) * block + tf.cast(positions % block, tf.int64)
         found = tf.logical_and(top_scores > neg_inf, user_ok[:, None])
         invalid = tf.constant(contract.INVALID_ID, tf.int64)
         return {
-            contract.TOP_ITEM_IDS: tf.where(found, tf.cast(top_ids, tf.int64), invalid),
+            contract.TOP_ITEM_IDS: tf.where(found, top_ids, invalid),
             contract.TOP_SCORES: tf.where(found, top_scores, neg_inf),
         }
 

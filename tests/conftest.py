@@ -14,3 +14,17 @@ def triton_home() -> TritonInstallation:
         return find_tritonserver()
     except TritonNotInstalledError as e:
         pytest.fail(f"tritonserver not set up: run scripts/setup_triton.sh ({e})", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def served_stack(triton_home, tmp_path_factory):
+    """A real tritonserver serving two freshly exported tiny models (see tests/served_stack.py).
+
+    Mode ``none``, bound to 127.0.0.1; fields: urls, repo, model names, artifacts and ONNX
+    paths, and one onnxruntime session per graph for reference answers.
+    """
+    from tests.served_stack import start_served_stack
+
+    with start_served_stack(tmp_path_factory.mktemp("served_stack"),
+                            installation=triton_home) as stack:
+        yield stack

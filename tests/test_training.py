@@ -64,7 +64,7 @@ def test_fit_recommender_lowers_loss_when_objective_chosen(synthetic, objective)
 
 
 def test_resolved_objective_switches_to_sampled_softmax_when_catalogue_large():
-    settings = TrainSettings(full_softmax_max_items=1000)
+    settings = TrainSettings(objective="auto", full_softmax_max_items=1000)
     assert settings.resolved_objective(1000) == "full_softmax"
     assert settings.resolved_objective(1001) == "sampled_softmax"
 

@@ -91,6 +91,18 @@ def _check_range(name: str, values: np.ndarray, low: int, high: int) -> None:
         )
 
 
+def _request_error(message: str):
+    """A per-request error with status INVALID_ARGUMENT (the caller's fault, not ours).
+
+    Without a code the python backend answers INTERNAL, which reads as a server fault to
+    clients, retry policies and alerting.
+    """
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    if code is None:  # stubs older than the TritonError codes
+        return pb_utils.TritonError(message)
+    return pb_utils.TritonError(message, code)
+
+
 class TritonPythonModel:
     """Runs the exported ONNX graph for Triton's python backend."""
 
@@ -194,7 +206,7 @@ class TritonPythonModel:
             try:
                 users, ids = self._parse(request)
             except RequestError as e:
-                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
+                responses[index] = pb_utils.InferenceResponse(error=_request_error(str(e)))
                 continue
             good.append((index, users, ids))
         if not good:

@@ -92,12 +92,29 @@ def _dot_last_axis(a: Any, b: Any) -> Any:
     """``sum(a * b, -1)`` with broadcasting, as a MatMul when a side allows it."""
     if len(a.shape) >= 2 and len(b.shape) >= 2:
         if a.shape[-2] == 1:
-            product = ops.matmul(a, ops.swapaxes(b, -1, -2))  # (..., 1, N)
-            return ops.squeeze(product, axis=-2)
+            return _one_against_many(a, b)
         if b.shape[-2] == 1:
-            product = ops.matmul(b, ops.swapaxes(a, -1, -2))
-            return ops.squeeze(product, axis=-2)
+            return _one_against_many(b, a)
     return ops.sum(a * b, axis=-1)
+
+
+def _one_against_many(one: Any, many: Any) -> Any:
+    """``one (..., 1, D)`` against ``many (..., N, D)`` gives ``(..., N)``."""
+    shared_table = len(many.shape) <= len(one.shape) and all(
+        d == 1 for d in many.shape[:-2]
+    )
+    if shared_table:
+        # Every row against one shared (N, D) table: a single 2-D MatMul. The batched,
+        # broadcast MatMul below gives the same numbers, but TensorFlow builds its
+        # gradient for the table as a (rows, D, N) tensor before summing it.
+        d = one.shape[-1] or many.shape[-1]
+        rows = ops.reshape(one, (-1, d))
+        table = ops.reshape(many, (-1, d))
+        scores = ops.matmul(rows, ops.transpose(table))  # (rows, N)
+        out_shape = tuple(ops.shape(one)[:-2]) + (ops.shape(many)[-2],)
+        return ops.reshape(scores, out_shape)
+    product = ops.matmul(one, ops.swapaxes(many, -1, -2))  # (..., 1, N)
+    return ops.squeeze(product, axis=-2)
 
 
 def _broadcast_shape(a: tuple, b: tuple) -> tuple:
