@@ -360,7 +360,7 @@ def _stage_graph(
 
     start = time.perf_counter()
     try:
-        session = load_session(converted.path)
+        session = load_session(converted.path, prepack=False)  # see load_session
     except ConversionError as error:
         raise ExportError(str(error)) from error
     timings[f"check_{kind}"] = time.perf_counter() - start

@@ -51,6 +51,7 @@ _LOG_TAIL_CHARS = 2000
 _ERROR_LINE_CHARS = 1500
 _GLOG_ERROR = re.compile(r"^E\d{4} ")
 _HARMLESS = ("CudaDriverHelper", "NVML", "DCGM", "CUDA")
+_SHM_REGION_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
 
 
 class TritonServerError(RuntimeError):
@@ -127,6 +128,21 @@ def _free_ports(host: str, count: int) -> list[int]:
             sock.close()
 
 
+def _mapped_shm_regions(pid: int) -> set[Path]:
+    """Python-backend shared-memory files mapped by process ``pid`` (empty if it is gone)."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    regions = set()
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith(_SHM_REGION_PREFIX):
+            if not fields[5].endswith(" (deleted)"):
+                regions.add(Path(fields[5]))
+    return regions
+
+
 class LocalTritonServer:
     """A ``tritonserver`` child process bound to loopback, as a context manager.
 
@@ -181,6 +197,7 @@ class LocalTritonServer:
         self._log_file = None
         self._final_log: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._shm_regions: set[Path] = set()
 
     # -- properties ---------------------------------------------------------------
     @property
@@ -219,6 +236,16 @@ class LocalTritonServer:
     def is_running(self) -> bool:
         """Whether the server process is alive."""
         return self._process is not None and self._process.poll() is None
+
+    def shared_memory_regions(self) -> set[Path]:
+        """The python backend's ``/dev/shm`` files this server has mapped (seen so far).
+
+        A server that exits cleanly removes them; after a crash or SIGKILL they stay
+        behind (1 MB+ each), so :meth:`stop` removes the ones this server mapped.
+        """
+        if self.is_running():
+            self._shm_regions |= _mapped_shm_regions(self._process.pid)
+        return set(self._shm_regions)
 
     # -- lifecycle ----------------------------------------------------------------
     def _command(self) -> list[str]:
@@ -359,6 +386,7 @@ class LocalTritonServer:
                         and all(m.get("state") == "READY" for m in states.values())
                     )
             if ready:
+                self.shared_memory_regions()  # remember them in case the server is killed
                 return time.monotonic() - started
             if time.monotonic() - started > timeout:
                 raise self._error(f"tritonserver not ready after {timeout:.0f} s")
@@ -368,12 +396,15 @@ class LocalTritonServer:
         """Stops the server: SIGTERM, wait, then SIGKILL of its process group.
 
         Always closes the log file and removes the temporary log folder (the log text is
-        kept in memory for :meth:`log_text`). Safe to call twice.
+        kept in memory for :meth:`log_text`), and removes the python backend's
+        ``/dev/shm`` files this server mapped (a crash or SIGKILL leaves them behind).
+        Safe to call twice.
 
         Returns:
             Seconds the shutdown took.
         """
         started = time.monotonic()
+        self.shared_memory_regions()
         process, self._process = self._process, None
         if process is not None:
             try:
@@ -388,6 +419,12 @@ class LocalTritonServer:
                 # Stubs left in the server's own process group (we created it).
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(process.pid, signal.SIGKILL)
+            # A crashed or killed server leaves its shared memory behind; only files this
+            # server mapped are removed (other servers on the machine keep theirs).
+            for region in self._shm_regions:
+                with contextlib.suppress(OSError):
+                    region.unlink(missing_ok=True)
+            self._shm_regions = set()
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
+import tensorflow as tf
 import tf2onnx
 
 from export.onnx_weights import bake_tables
@@ -77,9 +78,14 @@ def convert_graph(
     """
     out_dir = Path(out_dir)
     try:
-        proto, _ = tf2onnx.convert.from_function(
-            graph.function, input_signature=graph.input_signature, opset=opset
-        )
+        try:
+            proto, _ = tf2onnx.convert.from_function(
+                graph.function, input_signature=_relaxed_signature(graph), opset=opset
+            )
+        except Exception:  # noqa: BLE001 - the graph may need its tables' static shapes
+            proto, _ = tf2onnx.convert.from_function(
+                graph.function, input_signature=graph.input_signature, opset=opset
+            )
     except Exception as error:  # noqa: BLE001 - tf2onnx raises many types
         raise ConversionError(f"tf2onnx failed on the {graph.kind} graph: {error}") from error
     proto.producer_name = "kmr-export"
@@ -96,6 +102,22 @@ def convert_graph(
     del proto
     check_onnx(path, graph.kind)
     return ConvertedModel(path, (path, *files), bool(files))
+
+
+def _relaxed_signature(graph: ServingGraph) -> list[tf.TensorSpec]:
+    """``graph.input_signature`` with the tables' first dimension left unknown.
+
+    Freezing a function whose table inputs have a static ``[N, D]`` shape makes TF
+    allocate (and keep) memory the size of the tables -- +512 MB for two 1M x 64 tables
+    -- although no table value ever enters the converter. With the row count unknown
+    it does not; the converted ops are the same, and `export.onnx_weights.bake_tables`
+    then gives each table initializer its real shape.
+    """
+    specs = list(graph.input_signature)
+    n = len(graph.request_signature)
+    return specs[:n] + [
+        tf.TensorSpec([None, *spec.shape[1:]], spec.dtype, name=spec.name) for spec in specs[n:]
+    ]
 
 
 def check_onnx(path: str | os.PathLike[str], kind: str) -> None:
@@ -118,8 +140,19 @@ def check_onnx(path: str | os.PathLike[str], kind: str) -> None:
         )
 
 
-def load_session(path: str | os.PathLike[str], *, threads: int = 0) -> ort.InferenceSession:
+def load_session(
+    path: str | os.PathLike[str], *, threads: int = 0, prepack: bool = True
+) -> ort.InferenceSession:
     """Loads ``path`` in an onnxruntime CPU session.
+
+    Args:
+        path: The ``model.onnx``.
+        threads: Intra-op threads (0: onnxruntime's default).
+        prepack: Let onnxruntime pre-pack constant MatMul weights (its default). The
+            export's check/parity session turns it off: pre-packing copies the item
+            table at load (twice the table at peak, then once more for the session's
+            life) instead of reading the memory-mapped external data; the MatMul
+            results are the same (tested in tests/test_keras_archive.py).
 
     Raises:
         ConversionError: onnxruntime refused the model.
@@ -128,6 +161,8 @@ def load_session(path: str | os.PathLike[str], *, threads: int = 0) -> ort.Infer
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     try:
         return ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]

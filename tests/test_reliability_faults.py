@@ -78,8 +78,10 @@ def test_client_recovers_with_counted_retries_when_server_is_killed_and_restarte
                    retries=12, backoff=0.05) as load:
             time.sleep(1.5)
             killed_at = load.elapsed()
+            regions = server.shared_memory_regions()
             os.kill(server.pid, signal.SIGKILL)  # our own child, by pid
             server.stop()  # reaps it and its python-backend stubs (its process group)
+            leaked = [p for p in regions if p.exists()]
             server.start()  # same ports: they are kept after the first start
             assert (server.grpc_url, server.http_url) == ports
             server.wait_until_ready()
@@ -93,6 +95,7 @@ def test_client_recovers_with_counted_retries_when_server_is_killed_and_restarte
     assert _retries(result) > 0, "the outage must show in client.stats.retries"
     assert any(t > back_at for t, _ in result.timeline), "no answer after the restart"
     assert result.ok == result.requests > 0
+    assert regions and not leaked, f"shared memory left by the killed server: {leaked}"
 
 
 def test_load_generator_counts_failed_calls_when_server_stays_down(
@@ -231,3 +234,18 @@ def test_killed_export_stays_invisible_and_serving_version_answers_when_killed_m
     removed = clean_stale_staging(stack.repo)
     assert set(leftovers) <= set(removed)
     assert not _staging_dirs(stack.repo, export.pid)
+
+
+# -- load: the short version of benchmarks/load_test.py ------------------------------------
+@pytest.mark.slow
+def test_load_has_no_errors_or_wrong_answers_when_run_briefly(served_stack) -> None:
+    result = run_load(served_stack.grpc_url, served_stack.names, {"v1": served_stack.sessions},
+                      seconds=5.0, concurrency=8, check_fraction=0.25,
+                      num_users=served_stack.num_users, num_items=served_stack.num_items)
+    summary = result.summary()
+    print(f"\n[measure] load 5 s at concurrency 8: {summary['throughput_rps']} req/s, "
+          f"p50 {summary['latency_ms']['p50']} ms, p99 {summary['latency_ms']['p99']} ms, "
+          f"{result.checked} checked")
+    assert result.error_count == 0 and result.wrong == 0, summary
+    assert result.ok == result.requests > 100 and result.checked > 0
+    assert set(result.matched) == {"v1"}
