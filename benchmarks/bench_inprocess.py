@@ -87,7 +87,7 @@ def bench_model(kind: str, num_items: int, batches: list[int], repeats: int, fol
                                                 2),
                      "top_ids_equal": same_ids})
         print(json.dumps({k: v for k, v in rows[-1].items()}), flush=True)
-    del session, tables
+
     return rows
 
 

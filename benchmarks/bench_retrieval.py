@@ -106,7 +106,6 @@ def bench_case(num_items: int, batch: int, repeats: int, folder: Path,
                           max_seconds=max_seconds)
         stats["ids_match_numpy"] = bool((ids == ref_ids).all())
         out["methods"][label] = stats
-        del session
 
     index = faiss.IndexFlatIP(DIM)
     index.add(items)
@@ -116,7 +115,6 @@ def bench_case(num_items: int, batch: int, repeats: int, folder: Path,
     stats["ids_match_numpy"] = bool((f_ids == ref_ids).mean() > 0.99)
     out["methods"]["faiss IndexFlatIP"] = stats
     out["faiss_threads"] = faiss.omp_get_max_threads()
-    del index
 
     table_t = np.ascontiguousarray(items.T)
     out["methods"]["numpy matmul+argpartition"] = median_ms(

@@ -194,9 +194,9 @@ async def _run_async(
                 if label is None:
                     result.wrong += 1
                     if len(result.wrong_samples) < _KEEP_ERRORS:
-                        result.wrong_samples.append(
-                            f"{kind} users={users.tolist()} ids={None if ids is None else ids.tolist()}"
-                            f" -> {answer.item_indices.tolist()}")
+                        sent = None if ids is None else ids.tolist()
+                        result.wrong_samples.append(f"{kind} users={users.tolist()} ids={sent}"
+                                                    f" -> {answer.item_indices.tolist()}")
                     label = "wrong"
                 else:
                     result.matched[label] = result.matched.get(label, 0) + 1

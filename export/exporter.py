@@ -2,6 +2,13 @@
 
 Stages (each reported to ``progress`` with its duration): load, convert, check (ONNX
 checker + onnxruntime load), verify parity (against the trained model), publish.
+
+The trained model is never materialised: "load" validates the archive's config.json
+(exactly a kmr recommender, no code run, Keras safe-mode deserialisation of a shrunk
+copy) and opens its weights file; the tables are then streamed in row chunks from the
+archive into the ONNX external data and into the parity references
+(`export.keras_archive`). Peak memory is about the import of TF plus one table's pages
+touched by onnxruntime during the full-catalogue parity run.
 Nothing becomes visible in the repository unless every graph of the export passed every
 stage; with ``graph="both"`` both models are staged first and published last.
 
@@ -111,7 +118,12 @@ def _check_args(graph: str, backend: str, k: Any, version: Any, threshold_mb: An
 
 
 def load_trained_model(model_path: str | os.PathLike[str]) -> Any:
-    """Loads a trained ``.keras`` file safely; raises ExportError with the reason if not."""
+    """Loads a trained ``.keras`` file safely; raises ExportError with the reason if not.
+
+    Materialises the whole model (~3.5x the tables' bytes). `export_model` does not use it
+    any more (it reads the archive with `open_trained_archive`); kept for callers that
+    need the Keras model itself.
+    """
     path = Path(model_path)
     if not path.is_file():
         raise ExportError(f"Model file {str(path)!r} does not exist.")

@@ -105,13 +105,17 @@ def convert_graph(
 
 
 def _relaxed_signature(graph: ServingGraph) -> list[tf.TensorSpec]:
-    """``graph.input_signature`` with the tables' first dimension left unknown.
+    """``graph.input_signature`` with each table's first dimension left unknown.
 
-    Freezing a function whose table inputs have a static ``[N, D]`` shape makes TF
-    allocate (and keep) memory the size of the tables -- +512 MB for two 1M x 64 tables
-    -- although no table value ever enters the converter. With the row count unknown
-    it does not; the converted ops are the same, and `export.onnx_weights.bake_tables`
-    then gives each table initializer its real shape.
+    Freezing (``convert_variables_to_constants_v2`` inside tf2onnx) a function whose
+    row-major table inputs have a static ``[N, D]`` shape makes TF allocate and keep
+    memory the size of the tables -- measured +512 MB for two 1M x 64 tables -- although
+    no table value ever enters the converter. With the first dimension unknown (the row
+    count of a row-major table, D of the transposed retrieve table) it does not. The
+    converted graphs have the same ops (checked for both kinds and normalizations), and
+    `export.onnx_weights.bake_tables` gives each table initializer its real shape. A
+    graph that needs the static shapes still converts: `convert_graph` falls back to
+    the exact signature.
     """
     specs = list(graph.input_signature)
     n = len(graph.request_signature)

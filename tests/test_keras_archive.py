@@ -228,3 +228,25 @@ def test_export_refuses_archive_when_weights_do_not_match_config(saved, tmp_path
         zf.writestr(CONFIG_FILE, json.dumps(_config(path)))
     with pytest.raises(ExportError, match="no model.weights.h5"):
         open_trained_archive(missing)
+
+
+def test_onnx_outputs_identical_when_prepacking_disabled(saved, tmp_path):
+    import onnx
+
+    from export.onnx_convert import convert_graph, load_session
+    from tests._export_helpers import run_session
+
+    model, _ = saved
+    kind = contract.GRAPH_RETRIEVE
+    graph = serving_graph(model, kind, 10)
+    converted = convert_graph(graph, tmp_path, external_threshold_bytes=0)
+    proto = onnx.load(str(converted.path), load_external_data=False)
+    dims = {t.name: list(t.dims) for t in proto.graph.initializer if t.name.startswith("kmr_")}
+    assert dims == {t.name: list(t.shape) for t in graph.tables}  # real shapes, not [?, D]
+    rng = np.random.default_rng(5)
+    feed = {contract.USER_ID: rng.integers(-2, NU + 2, 64),
+            contract.EXCLUDE_ITEM_IDS: rng.integers(-1, NI, (64, 3))}
+    packed = run_session(load_session(converted.path), kind, feed)
+    plain = run_session(load_session(converted.path, prepack=False), kind, feed)
+    for name in packed:
+        np.testing.assert_array_equal(plain[name], packed[name])

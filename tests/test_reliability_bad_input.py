@@ -19,11 +19,11 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from urllib.parse import urlsplit
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -40,7 +40,7 @@ from client import (
     UnknownRawIdError,
 )
 from kmr import contract
-from tests.served_stack import ITEM_IDS, K, MAX_BATCH, NUM_ITEMS, NUM_USERS, USER_IDS
+from tests.served_stack import ITEM_IDS, MAX_BATCH, NUM_ITEMS, NUM_USERS, USER_IDS, K
 
 pytestmark = pytest.mark.triton
 
