@@ -15,13 +15,14 @@ Example:
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from client._transport import check_protocol, strip_scheme, to_client_error
+from client._transport import ConnectionOptions, check_protocol, connection_error, strip_scheme
 from client.errors import ModelNotFoundError, RecommenderError
 
 
@@ -42,23 +43,61 @@ class ModelAdmin:
         url: ``host:port`` of the server's gRPC or HTTP endpoint.
         protocol: ``"grpc"`` or ``"http"``.
         timeout: Seconds allowed per server call (a load may take a while).
+        ssl: Connect with TLS (tritonclient's own; an ``https://`` url implies it).
+            Server certificates are verified, host names checked.
+        root_certificates: Path of a PEM CA bundle for the server's certificate
+            (default: the system's CAs).
+        private_key: Path of the client's PEM key, for mutual TLS (with
+            ``certificate_chain``).
+        certificate_chain: Path of the client's PEM certificate chain, for mutual TLS.
+        headers: Headers (gRPC metadata) sent with every request, e.g.
+            ``{"authorization": "Bearer ..."}`` for an authenticating proxy or the
+            server's ``--grpc-restricted-protocol`` header.
+
+    Raises:
+        InvalidRequestError: An option is invalid (e.g. a certificate file is missing).
     """
 
-    def __init__(self, url: str, *, protocol: str = "grpc", timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        protocol: str = "grpc",
+        timeout: float = 60.0,
+        ssl: bool = False,
+        root_certificates: str | os.PathLike[str] | None = None,
+        private_key: str | os.PathLike[str] | None = None,
+        certificate_chain: str | os.PathLike[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.protocol = check_protocol(protocol)
         self.timeout = timeout
+        self.connection = ConnectionOptions.for_url(
+            url,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            headers=headers,
+        )
+        headers_kwarg = {"headers": self.connection.header_dict()}
         if protocol == "grpc":
             import tritonclient.grpc as grpcclient
 
-            self._client: Any = grpcclient.InferenceServerClient(strip_scheme(url))
-            self._kwargs: dict[str, Any] = {"client_timeout": timeout}
+            self._client: Any = grpcclient.InferenceServerClient(
+                strip_scheme(url), **self.connection.grpc_kwargs()
+            )
+            self._kwargs: dict[str, Any] = {"client_timeout": timeout, **headers_kwarg}
         else:
             import tritonclient.http as httpclient
 
             self._client = httpclient.InferenceServerClient(
-                strip_scheme(url), connection_timeout=timeout, network_timeout=timeout
+                strip_scheme(url),
+                connection_timeout=timeout,
+                network_timeout=timeout,
+                **self.connection.http_kwargs(),
             )
-            self._kwargs = {}
+            self._kwargs = headers_kwarg
 
     def __enter__(self) -> ModelAdmin:
         return self
@@ -79,7 +118,7 @@ class ModelAdmin:
         try:
             return fn(*args, **kwargs, **self._kwargs)
         except Exception as error:
-            raise to_client_error(error, what) from error
+            raise connection_error(error, what, self.connection) from error
 
     def list_models(self) -> list[ModelStatus]:
         """Every model in the repository with its state (READY, UNAVAILABLE, ...)."""

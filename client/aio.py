@@ -17,7 +17,8 @@ Example:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -26,7 +27,7 @@ from google.protobuf.message import Message
 from client._base import ClientBase, VocabularySource
 from client._codec import Plan, Recommendations
 from client._retry import call_with_retry_async
-from client._transport import AsyncGrpcTransport, AsyncTransport
+from client._transport import AsyncGrpcTransport, AsyncTransport, ConnectionOptions
 from client.errors import InvalidRequestError, RecommenderError
 from client.model_info import ModelInfo
 
@@ -46,7 +47,20 @@ class AsyncRecommenderClient(ClientBase):
         retries: Extra attempts when the server answers UNAVAILABLE.
         backoff: Seconds before the first retry; doubles on each further retry.
         vocabularies: As for `RecommenderClient`.
-        transport: Replaces the tritonclient adapter (tests).
+        ssl: Connect with TLS (tritonclient's own; an ``https://`` url implies it).
+            Server certificates are verified, host names checked.
+        root_certificates: Path of a PEM CA bundle for the server's certificate
+            (default: the system's CAs).
+        private_key: Path of the client's PEM key, for mutual TLS (with
+            ``certificate_chain``).
+        certificate_chain: Path of the client's PEM certificate chain, for mutual TLS.
+        headers: Headers (gRPC metadata) sent with every request, e.g.
+            ``{"authorization": "Bearer ..."}`` for an authenticating proxy.
+        transport: Replaces the tritonclient adapter (tests); the TLS options and
+            headers are then validated but not used.
+
+    Raises:
+        InvalidRequestError: An option is invalid (e.g. a certificate file is missing).
 
     Example:
         >>> async def top3(url):
@@ -66,6 +80,11 @@ class AsyncRecommenderClient(ClientBase):
         backoff: float = 0.1,
         vocabularies: VocabularySource = None,
         transport: AsyncTransport | None = None,
+        ssl: bool = False,
+        root_certificates: str | os.PathLike[str] | None = None,
+        private_key: str | os.PathLike[str] | None = None,
+        certificate_chain: str | os.PathLike[str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             url,
@@ -82,8 +101,16 @@ class AsyncRecommenderClient(ClientBase):
                 f"'grpc' only. Received: protocol={protocol!r}"
             )
         self.protocol = protocol
+        self.connection = ConnectionOptions.for_url(
+            url,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            headers=headers,
+        )
         self._transport = transport or AsyncGrpcTransport(
-            url, model_name, model_version, timeout
+            url, model_name, model_version, timeout, self.connection
         )
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 

@@ -10,8 +10,9 @@ Example:
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -20,7 +21,7 @@ from google.protobuf.message import Message
 from client._base import ClientBase, VocabularySource
 from client._codec import Plan, Recommendations
 from client._retry import call_with_retry
-from client._transport import Transport, check_protocol, make_transport
+from client._transport import ConnectionOptions, Transport, check_protocol, make_transport
 from client.model_info import ModelInfo
 
 
@@ -44,10 +45,21 @@ class RecommenderClient(ClientBase):
         vocabularies: A `Vocabularies`, or a folder to load them from (the version
             folder, the model folder, or the repository root), or None for dense
             indices only.
-        transport: Replaces the tritonclient adapter (tests, custom channels).
+        ssl: Connect with TLS (tritonclient's own; an ``https://`` url implies it).
+            Server certificates are verified, host names checked.
+        root_certificates: Path of a PEM CA bundle for the server's certificate
+            (default: the system's CAs).
+        private_key: Path of the client's PEM key, for mutual TLS (with
+            ``certificate_chain``).
+        certificate_chain: Path of the client's PEM certificate chain, for mutual TLS.
+        headers: Headers (gRPC metadata) sent with every request, e.g.
+            ``{"authorization": "Bearer ..."}`` for an authenticating proxy.
+        transport: Replaces the tritonclient adapter (tests, custom channels); the TLS
+            options and headers are then validated but not used.
 
     Raises:
-        InvalidRequestError: An option is invalid.
+        InvalidRequestError: An option is invalid (e.g. a certificate file is missing:
+            the message names the path).
 
     Example:
         >>> with RecommenderClient("localhost:8001", "mf_rerank",
@@ -69,6 +81,11 @@ class RecommenderClient(ClientBase):
         backoff: float = 0.1,
         vocabularies: VocabularySource = None,
         transport: Transport | None = None,
+        ssl: bool = False,
+        root_certificates: str | os.PathLike[str] | None = None,
+        private_key: str | os.PathLike[str] | None = None,
+        certificate_chain: str | os.PathLike[str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             url,
@@ -80,8 +97,21 @@ class RecommenderClient(ClientBase):
             vocabularies=vocabularies,
         )
         self.protocol = check_protocol(protocol)
+        self.connection = ConnectionOptions.for_url(
+            url,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            headers=headers,
+        )
         self._transport = transport or make_transport(
-            url, model_name, protocol=protocol, model_version=model_version, timeout=timeout
+            url,
+            model_name,
+            protocol=protocol,
+            model_version=model_version,
+            timeout=timeout,
+            options=self.connection,
         )
         self._sleep: Callable[[float], None] = time.sleep
 

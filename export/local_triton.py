@@ -38,6 +38,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -60,6 +61,57 @@ class TritonServerError(RuntimeError):
 
 class TritonNotInstalledError(TritonServerError, FileNotFoundError):
     """The unpacked server is missing: run ``scripts/setup_triton.sh``."""
+
+
+@dataclass(frozen=True)
+class GrpcTls:
+    """TLS of the gRPC endpoint (Triton's own ``--grpc-use-ssl*`` options).
+
+    Args:
+        cert: PEM server certificate (``--grpc-server-cert``); its names must match the
+            host clients connect to.
+        key: PEM private key of ``cert`` (``--grpc-server-key``).
+        root_cert: PEM CA that signs *client* certificates (``--grpc-root-cert``). Given,
+            the server requires and verifies a client certificate (mutual TLS,
+            ``--grpc-use-ssl-mutual=true``); None: server-side TLS only.
+
+    Raises:
+        FileNotFoundError: A file is missing (the message names it).
+
+    Example:
+        >>> GrpcTls("server.crt", "server.key").flags()  # doctest: +SKIP
+        ['--grpc-use-ssl=true', '--grpc-server-cert=...', '--grpc-server-key=...']
+    """
+
+    cert: Path
+    key: Path
+    root_cert: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cert", "key", "root_cert"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            path = Path(value).resolve()
+            if not path.is_file():
+                raise FileNotFoundError(f"gRPC TLS {name} file not found: {path}")
+            object.__setattr__(self, name, path)
+
+    @property
+    def mutual(self) -> bool:
+        """Whether clients must present a certificate signed by ``root_cert``."""
+        return self.root_cert is not None
+
+    def flags(self) -> list[str]:
+        """The tritonserver 2.51 command-line flags."""
+        flags = [
+            "--grpc-use-ssl=true",
+            f"--grpc-server-cert={self.cert}",
+            f"--grpc-server-key={self.key}",
+        ]
+        if self.root_cert is not None:
+            flags += [f"--grpc-root-cert={self.root_cert}", "--grpc-use-ssl-mutual=true"]
+        return flags
 
 
 @dataclass(frozen=True)
@@ -157,6 +209,12 @@ class LocalTritonServer:
         log_path: File for the server's stdout/stderr; default a temporary file.
         startup_timeout: Seconds :meth:`wait_until_ready` waits by default.
         installation: Server paths; default :func:`find_tritonserver`.
+        grpc_tls: TLS for the gRPC endpoint: a `GrpcTls` or a tuple
+            ``(cert, key[, root_cert])`` (root_cert: require client certificates). HTTP
+            and metrics stay plaintext (Triton's HTTP endpoint has no TLS); readiness is
+            polled over HTTP on loopback, so it is unaffected.
+        extra_args: More tritonserver flags, appended last (e.g.
+            ``--grpc-restricted-protocol=inference:x-api-key=secret``).
 
     Example:
         >>> with LocalTritonServer("model_repository") as server:  # doctest: +SKIP
@@ -177,6 +235,8 @@ class LocalTritonServer:
         log_path: str | Path | None = None,
         startup_timeout: float = 60.0,
         installation: TritonInstallation | None = None,
+        grpc_tls: GrpcTls | tuple[str | Path, ...] | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         if model_control_mode not in MODEL_CONTROL_MODES:
             raise ValueError(
@@ -186,6 +246,15 @@ class LocalTritonServer:
         self.model_repository = Path(model_repository).resolve()
         if not self.model_repository.is_dir():
             raise FileNotFoundError(f"model repository {self.model_repository} is not a folder")
+        if grpc_tls is not None and not isinstance(grpc_tls, GrpcTls):
+            if not isinstance(grpc_tls, (tuple, list)) or len(grpc_tls) not in (2, 3):
+                raise ValueError(
+                    "Invalid value received for argument `grpc_tls`. Expected a GrpcTls or "
+                    f"(cert, key[, root_cert]). Received: grpc_tls={grpc_tls!r}"
+                )
+            grpc_tls = GrpcTls(*grpc_tls)
+        self.grpc_tls: GrpcTls | None = grpc_tls
+        self.extra_args = [str(arg) for arg in extra_args]
         self.installation = installation or find_tritonserver()
         self.host = host
         self.model_control_mode = model_control_mode
@@ -269,7 +338,9 @@ class LocalTritonServer:
             cmd.append(f"--repository-poll-secs={self.repository_poll_secs}")
         if self.model_control_mode == "explicit":
             cmd.append("--load-model=*")
-        return cmd
+        if self.grpc_tls is not None:
+            cmd += self.grpc_tls.flags()
+        return cmd + self.extra_args
 
     def _environment(self) -> dict[str, str]:
         inst = self.installation
@@ -309,8 +380,11 @@ class LocalTritonServer:
         )
 
     def _get_json(self, path: str, *, post: bool = False) -> tuple[int, object]:
+        # Loopback when bound to every interface: polling never leaves the host.
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = "[::1]" if self.host == "::" else host
         request = urllib.request.Request(
-            f"http://{self.http_url}{path}",
+            f"http://{host}:{self._ports['http']}{path}",
             data=b"{}" if post else None,
             method="POST" if post else "GET",
         )
