@@ -69,6 +69,7 @@ class LoadResult:
         timeline: ``(seconds since start, label)`` of every checked answer, by completion.
         latencies_ms: Latency of every answered request.
         client_stats: Per model: the client's calls, retries and failures.
+        started: ``time.perf_counter()`` at the origin of ``timeline``.
     """
 
     seconds: float = 0.0
@@ -84,6 +85,7 @@ class LoadResult:
     timeline: list[tuple[float, str]] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     client_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    started: float | None = None
 
     @property
     def error_count(self) -> int:
@@ -147,14 +149,17 @@ async def _run_async(
     timeout: float,
     stop: threading.Event | None,
     seed: int,
+    result: LoadResult,
 ) -> LoadResult:
-    result = LoadResult(concurrency=concurrency)
+    result.concurrency = concurrency
     clients = {kind: AsyncRecommenderClient(url, name, retries=retries, backoff=backoff,
                                             timeout=timeout)
                for kind, name in names.items()}
     kinds = sorted(clients)
-    start = time.perf_counter()
-    deadline = start + seconds
+    if result.started is None:
+        result.started = time.perf_counter()
+    start = result.started
+    deadline = time.perf_counter() + seconds
 
     def record_error(error: BaseException) -> None:
         name = type(error).__name__
@@ -232,6 +237,7 @@ def run_load(
     timeout: float = 10.0,
     stop: threading.Event | None = None,
     seed: int = 0,
+    live: LoadResult | None = None,
 ) -> LoadResult:
     """Runs mixed rerank/retrieve load over gRPC (blocking; run it in a thread for faults).
 
@@ -250,20 +256,28 @@ def run_load(
         timeout: Seconds per server call.
         stop: Set it to end the run early.
         seed: Request stream seed.
+        live: A `LoadResult` to fill in as the run goes (returned), so another thread can
+            watch progress; its ``started``, if set, is the origin of the timeline.
     """
     return asyncio.run(_run_async(
         url, names, references, seconds=seconds, concurrency=concurrency,
         num_users=num_users, num_items=num_items, check_fraction=check_fraction,
-        retries=retries, backoff=backoff, timeout=timeout, stop=stop, seed=seed))
+        retries=retries, backoff=backoff, timeout=timeout, stop=stop, seed=seed,
+        result=live if live is not None else LoadResult()))
 
 
 class BackgroundLoad:
-    """`run_load` in a thread: ``with BackgroundLoad(...) as load: ...; load.result``."""
+    """`run_load` in a thread: ``with BackgroundLoad(...) as load: ...; load.result``.
+
+    ``load.live`` is the result being filled; `elapsed` uses the clock of its timeline,
+    and `wait_for_answers` waits for traffic instead of guessing with a fixed sleep.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.stop = threading.Event()
         kwargs.setdefault("seconds", 3600.0)
-        self._args, self._kwargs = args, {**kwargs, "stop": self.stop}
+        self.live = LoadResult()
+        self._args, self._kwargs = args, {**kwargs, "stop": self.stop, "live": self.live}
         self.result: LoadResult | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="load", daemon=True)
@@ -275,12 +289,33 @@ class BackgroundLoad:
             self._error = error
 
     def __enter__(self) -> BackgroundLoad:
-        self.started = time.perf_counter()
+        self.live.started = time.perf_counter()
         self._thread.start()
         return self
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+        """Seconds since the start, on the clock of ``result.timeline``."""
+        assert self.live.started is not None, "use BackgroundLoad as a context manager"
+        return time.perf_counter() - self.live.started
+
+    def wait_for_answers(self, count: int = 1, *, timeout: float = 120.0) -> float:
+        """Blocks until ``count`` more requests are answered; returns `elapsed` then.
+
+        Raises:
+            TimeoutError: Fewer answers within ``timeout`` seconds (with the summary).
+            RuntimeError: The load generator stopped (its error is chained).
+        """
+        target = self.live.ok + count
+        deadline = time.monotonic() + timeout
+        while self.live.ok < target:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"the load generator stopped: {self._error!r}") \
+                    from self._error
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{count} answers did not come within {timeout:g} s: "
+                                   f"{self.live.summary()}")
+            time.sleep(0.02)
+        return self.elapsed()
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()

@@ -16,11 +16,14 @@ Usage:
     ...     client.rerank([0], [[10, 42, 7]], k=2, raw_ids=False).positions
 
 Async (gRPC): ``client.aio.AsyncRecommenderClient`` has the same methods as coroutines.
+TLS and headers: the clients' ``ssl``, ``root_certificates``, ``private_key``,
+``certificate_chain`` and ``headers`` options (validated by ``ConnectionOptions``).
 Errors: everything raised is a ``client.RecommenderError``; see ``client.errors``.
 """
 
 from client._codec import Recommendations
 from client._retry import ClientStats, RetryPolicy
+from client._transport import ConnectionOptions
 from client.admin import ModelAdmin, ModelStatus
 from client.aio import AsyncRecommenderClient
 from client.errors import (
@@ -39,6 +42,7 @@ from client.vocabularies import Vocabularies, load_vocabularies
 __all__ = [
     "AsyncRecommenderClient",
     "ClientStats",
+    "ConnectionOptions",
     "InferenceError",
     "InvalidRequestError",
     "ModelAdmin",

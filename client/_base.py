@@ -35,8 +35,9 @@ class ClientBase:
                 "Invalid value received for argument `model_name`. Expected a non-empty "
                 f"str. Received: model_name={model_name!r}"
             )
-        if not isinstance(model_version, str) or not (model_version == ""
-                                                       or model_version.isdigit()):
+        if not isinstance(model_version, str) or not (
+            model_version == "" or (model_version.isascii() and model_version.isdigit())
+        ):
             raise InvalidRequestError(
                 "Invalid value received for argument `model_version`. Expected '' (the "
                 f"server's choice) or a version number as str. Received: {model_version!r}"

@@ -113,6 +113,7 @@ class AsyncRecommenderClient(ClientBase):
             url, model_name, model_version, timeout, self.connection
         )
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self._config_lock = asyncio.Lock()  # concurrent first requests fetch the config once
 
     async def __aenter__(self) -> AsyncRecommenderClient:
         return self
@@ -139,9 +140,12 @@ class AsyncRecommenderClient(ClientBase):
         return self._info
 
     async def fetch_model_info(self, *, refresh: bool = False) -> ModelInfo:
-        """As `RecommenderClient.fetch_model_info`."""
-        if self._info is None or refresh:
-            self._accept_config(await self._call(self._transport.get_config))
+        """As `RecommenderClient.fetch_model_info`; concurrent callers share one fetch."""
+        if self._info is not None and not refresh:
+            return self._info
+        async with self._config_lock:
+            if self._info is None or refresh:
+                self._accept_config(await self._call(self._transport.get_config))
         assert self._info is not None
         return self._info
 

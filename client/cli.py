@@ -6,6 +6,8 @@ Example:
     $ python -m client --url 127.0.0.1:8001 --model movielens_retrieve \\
           --vocab-dir model_repository --items-csv movies.csv --user 1 --user 7 --k 5
     $ python -m client --model mf_rerank --user 0 --candidates 3,8,1 --k 2
+    $ python -m client --url triton.example.com:443 --ssl --root-certificates ca.pem \\
+          --header "authorization=Bearer $TOKEN" --model mf_retrieve --user 0
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--items-csv", type=Path, help="item metadata CSV (first column item "
                         "id, a 'title' column), e.g. MovieLens movies.csv")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    tls = parser.add_argument_group("TLS and authentication (as RecommenderClient's options)")
+    tls.add_argument("--ssl", action="store_true", help="connect with TLS (an https:// url "
+                     "implies it); the server certificate and host name are verified")
+    tls.add_argument("--root-certificates", type=Path, metavar="PEM",
+                     help="CA bundle that signed the server's certificate (default: the "
+                     "system's CAs)")
+    tls.add_argument("--private-key", type=Path, metavar="PEM",
+                     help="the client's private key, for mutual TLS (with --certificate-chain)")
+    tls.add_argument("--certificate-chain", type=Path, metavar="PEM",
+                     help="the client's certificate chain, for mutual TLS (with --private-key)")
+    tls.add_argument("--header", action="append", type=_header, metavar="KEY=VALUE",
+                     help="header (gRPC metadata) sent with every request, e.g. "
+                     "'authorization=Bearer TOKEN'; repeat for several")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,10 +78,20 @@ def run(args: argparse.Namespace) -> int:
             model_version=args.model_version,
             timeout=args.timeout,
             vocabularies=args.vocab_dir,
+            ssl=args.ssl,
+            root_certificates=args.root_certificates,
+            private_key=args.private_key,
+            certificate_chain=args.certificate_chain,
+            headers=_headers(args.header or []),
         ) as client:
             if client.model_info.graph_kind == contract.GRAPH_RERANK:
                 if not args.candidates:
                     raise RecommenderError(f"Model {args.model!r} reranks: pass --candidates.")
+                if args.exclude:
+                    raise RecommenderError(
+                        f"Model {args.model!r} reranks the given --candidates: --exclude is "
+                        "for retrieve models."
+                    )
                 lists = [_ids(c, raw_ids, "--candidates") for c in args.candidates]
                 if len(lists) == 1:
                     lists = lists * len(users)
@@ -81,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.exclude:
                     exclude = [_ids(args.exclude, raw_ids, "--exclude")] * len(users)
                 result = client.recommend(users, k=args.k, exclude=exclude, raw_ids=raw_ids)
-    except (RecommenderError, OSError, ValueError) as error:
+    except (RecommenderError, OSError, ValueError, csv.Error) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(format_table(result, titles))
@@ -111,6 +136,8 @@ def load_titles(path: Path) -> dict[str, str]:
 def format_table(result: Recommendations, titles: dict[str, str] | None = None) -> str:
     """Formats results as an aligned table: user, rank, item, title, score.
 
+    The title column is left out when no ``titles`` are given.
+
     Example:
         >>> r = Recommendations(user_ids=np.array(["u"]), item_ids=np.array([[7, -1]]),
         ...     scores=np.array([[0.5, -np.inf]], dtype=np.float32),
@@ -118,16 +145,21 @@ def format_table(result: Recommendations, titles: dict[str, str] | None = None) 
         >>> print(format_table(r, {"7": "Seven"}))
         user  rank  item  title  score
         u     1     7     Seven  0.5000
+        >>> print(format_table(r))
+        user  rank  item  score
+        u     1     7     0.5000
     """
-    titles = titles or {}
     rows = [("user", "rank", "item", "title", "score")]
     for b, user in enumerate(result.user_ids.tolist()):
         for rank in np.flatnonzero(result.valid[b]).tolist():
             item = result.item_ids[b, rank]
             item = item.item() if isinstance(item, np.generic) else item
-            rows.append((str(user), str(rank + 1), str(item), titles.get(str(item), ""),
+            rows.append((str(user), str(rank + 1), str(item),
+                         titles.get(str(item), "") if titles else "",
                          f"{float(result.scores[b, rank]):.4f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    if not titles:
+        rows = [(user, rank, item, score) for user, rank, item, _, score in rows]
+    widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
         for r in rows
@@ -147,6 +179,24 @@ def _id(text: str, raw_ids: bool, flag: str) -> str | int:
 
 def _ids(text: str, raw_ids: bool, flag: str) -> list[str | int]:
     return [_id(part, raw_ids, flag) for part in text.split(",") if part.strip()]
+
+
+def _header(text: str) -> tuple[str, str]:
+    """argparse type of ``--header``: ``KEY=VALUE`` -> (KEY, VALUE); the value may hold '='."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE. Received: {text!r}")
+    return key.strip(), value
+
+
+def _headers(pairs: Sequence[tuple[str, str]]) -> dict[str, str] | None:
+    """The ``--header`` pairs as the client's ``headers=``; a name given twice is an error."""
+    headers: dict[str, str] = {}
+    for key, value in pairs:
+        if key.lower() in (k.lower() for k in headers):
+            raise ValueError(f"--header {key!r} is given twice (names are case-insensitive).")
+        headers[key] = value
+    return headers or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

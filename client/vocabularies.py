@@ -64,7 +64,8 @@ def find_version_folder(
         if not model_dir.is_dir():
             continue
         versions = sorted(
-            (int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir()),
+            (int(p.name) for p in model_dir.iterdir()
+             if p.name.isascii() and p.name.isdigit() and p.is_dir()),
             reverse=True,
         )
         if model_version:

@@ -44,7 +44,9 @@ _ITEM_NAMES = ("itemid", "item", "movieid", "iid", "productid", "bookid", "isbn"
 _RATING_NAMES = ("rating", "ratings", "score", "stars")
 _TIMESTAMP_NAMES = ("timestamp", "time", "ts", "unixtime", "unixtimestamp")
 
-_INT_RE = re.compile(r"^[+-]?\d+$")
+# Integer ids: ASCII digits (as `kmr.vocabulary.Vocabulary.coerce` accepts) within int64.
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def load_interactions(
 ) -> Interactions:
     """Reads positives from a delimited text file.
 
-    Ids are kept as ints when every id of a column is an integer, else as strings. The
+    Ids are kept as ints when every id of a column is an int64 integer, else as strings. The
     vocabularies hold the users and items that have at least one positive (the model
     learns nothing about the others). Timestamps must be numbers (e.g. Unix seconds).
 
@@ -92,9 +94,10 @@ def load_interactions(
         The positives, one row per distinct (user, item) pair.
 
     Raises:
-        DataError: Missing or empty file, missing column, a short row, a non-numeric
-            rating or timestamp (the message names the file and line), or no user with
-            2+ positives (nothing could be held out for evaluation).
+        DataError: Missing or empty file, missing column, a short row, one field per
+            row (an undetected separator), a non-numeric rating or timestamp (the
+            message names the file and line), or no user with 2+ positives (nothing
+            could be held out for evaluation).
 
     Example:
         >>> import pathlib, tempfile
@@ -116,7 +119,8 @@ def load_interactions(
     if not body:
         raise DataError(f"{path}, line 1: only a header, no interaction rows.")
     columns = _resolve_columns(
-        path, names, len(body[0][1]), user_col, item_col, rating_col, timestamp_col
+        path, names, len(body[0][1]), body[0][0], user_col, item_col, rating_col,
+        timestamp_col,
     )
     return _parse(path, body, columns, float(rating_threshold))
 
@@ -197,6 +201,7 @@ def _resolve_columns(
     path: Path,
     names: list[str] | None,
     width: int,
+    first_line: int,
     user_col: str | int | None,
     item_col: str | int | None,
     rating_col: str | int | None,
@@ -218,12 +223,18 @@ def _resolve_columns(
             return None
         return position if position is not None and position < width else None
 
-    return _Columns(
+    columns = _Columns(
         user=find("user", user_col, _USER_NAMES, 0),
         item=find("item", item_col, _ITEM_NAMES, 1),
         rating=find("rating", rating_col, _RATING_NAMES, 2),
         timestamp=find("timestamp", timestamp_col, _TIMESTAMP_NAMES, 3),
     )
+    if columns.item is None:  # no header and a single field per row
+        raise DataError(
+            f"{path}, line {first_line}: rows have {width} field, expected at least a "
+            "user and an item column; give the separator with --sep."
+        )
+    return columns
 
 
 def _position_of(
@@ -305,10 +316,16 @@ def _number(path: Path, line_no: int, role: str, text: str) -> float:
 
 
 def _encode(raw: list[str]) -> tuple[np.ndarray, list[int] | list[str]]:
-    """Returns (code per row, distinct ids in code order) with ints kept as ints."""
-    if all(_INT_RE.match(value) for value in raw):
-        values = np.asarray([int(v) for v in raw], dtype=object)
-        distinct = sorted(set(values.tolist()))
+    """Returns (code per row, distinct ids in code order) with ints kept as ints.
+
+    A column is int when every id is an int64 integer; ids beyond int64 (e.g. 20-digit
+    order numbers) keep the whole column as strings, as the vocabulary stores int ids
+    in int64 arrays.
+    """
+    ints = [int(v) if _INT_RE.fullmatch(v) else None for v in raw]
+    if all(v is not None and _INT64_MIN <= v <= _INT64_MAX for v in ints):
+        values = np.asarray(ints, dtype=object)
+        distinct = sorted(set(ints))
     else:
         values = np.asarray(raw, dtype=object)
         distinct = sorted(set(raw))

@@ -81,24 +81,18 @@ def run(args: argparse.Namespace) -> int:
     from client.cli import format_table, load_titles
     from export.exporter import export_model
     from export.local_triton import LocalTritonServer, TritonServerError
-    from export.train_settings import TrainSettings
-    from export.training import train_recommender, with_overrides
+    from export.train_command import settings_from_args
+    from export.training import train_recommender
 
-    if args.users < 1 or args.k < 1:
-        raise UserError(f"--users and --k must be >= 1 (got {args.users}, {args.k}).")
+    if args.users < 1:
+        raise UserError(f"--users must be >= 1, got {args.users}.")
+    settings = settings_from_args(args)  # --epochs, --dim, --k, --seed
     titles_path = args.items_csv or _sibling_titles(args.data)
     artifacts = args.workdir / "artifacts"
     repo = args.workdir / "model_repository"
     stages = _Stages()
 
     with stages.stage("train"):
-        settings = with_overrides(
-            TrainSettings(),
-            epochs=args.epochs,
-            embedding_dim=args.embedding_dim,
-            k=args.k,
-            seed=args.seed,
-        )
         data = _load(args.data, args.seed)
         args.workdir.mkdir(parents=True, exist_ok=True)
         trained = train_recommender(data, settings, artifacts, verbose=1)
@@ -136,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
                 recs = client.recommend(users, exclude=seen)
             print(
                 f"Top-{args.k} unseen items for {len(users)} users "
-                f"(full catalogue of {data.num_items} items, their training items excluded):"
+                f"(full catalogue of {data.num_items} items, items they already rated excluded):"
             )
             print(format_table(recs, titles))
             with RecommenderClient(

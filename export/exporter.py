@@ -117,32 +117,6 @@ def _check_args(graph: str, backend: str, k: Any, version: Any, threshold_mb: An
         )
 
 
-def load_trained_model(model_path: str | os.PathLike[str]) -> Any:
-    """Loads a trained ``.keras`` file safely; raises ExportError with the reason if not.
-
-    Materialises the whole model (~3.5x the tables' bytes). `export_model` does not use it
-    any more (it reads the archive with `open_trained_archive`); kept for callers that
-    need the Keras model itself.
-    """
-    path = Path(model_path)
-    if not path.is_file():
-        raise ExportError(f"Model file {str(path)!r} does not exist.")
-    import keras
-
-    import kmr.layers  # noqa: F401 - registers the kmr layers for deserialization
-    from kmr.models import recommender_parts
-
-    try:
-        model = keras.saving.load_model(path, safe_mode=True)
-    except Exception as error:  # noqa: BLE001 - keras raises many types for bad files
-        raise ExportError(f"Cannot load {str(path)!r} as a Keras model: {error}") from error
-    try:
-        recommender_parts(model)
-    except ValueError as error:
-        raise ExportError(f"{str(path)!r} is not a kmr recommender: {error}") from error
-    return model
-
-
 def open_trained_archive(model_path: str | os.PathLike[str]) -> Any:
     """Opens a trained ``.keras`` without loading the model; ExportError with the reason if not.
 
@@ -360,6 +334,12 @@ def _stage_graph(
     from export.triton_config import build_model_config, config_to_text
 
     emb = model  # RecommenderWeights: num_users, num_items, embedding_dim
+    # Built first: a bad serving option (e.g. instances=0) fails before any conversion.
+    config = build_model_config(
+        name=staging.paths.model_dir.name, graph_kind=kind, backend=backend,
+        num_users=emb.num_users, num_items=emb.num_items,
+        embedding_dim=emb.embedding_dim, k=k, **serving,
+    )
     start = time.perf_counter()
     graph = serving_graph(model, kind, k)
     try:
@@ -405,11 +385,6 @@ def _stage_graph(
         shutil.copyfile(path, staging.dir / path.name)
     if backend == BACKEND_PYTHON:
         shutil.copyfile(PYTHON_BACKEND_FILE, staging.dir / PYTHON_BACKEND_FILE.name)
-    config = build_model_config(
-        name=staging.paths.model_dir.name, graph_kind=kind, backend=backend,
-        num_users=emb.num_users, num_items=emb.num_items,
-        embedding_dim=emb.embedding_dim, k=k, **serving,
-    )
     staging.config_text = config_to_text(config)
     parity = asdict(report)
     if keras_diff is not None:

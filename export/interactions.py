@@ -51,7 +51,11 @@ class Interactions:
         if not (len(self.users) == len(self.items)) or (
             self.timestamps is not None and len(self.timestamps) != len(self.users)
         ):
-            raise ValueError("users, items and timestamps must have the same length.")
+            raise ValueError(
+                "users, items and timestamps must have the same length. Received: "
+                f"{len(self.users)}, {len(self.items)}, "
+                f"{None if self.timestamps is None else len(self.timestamps)}"
+            )
 
     def __len__(self) -> int:
         return len(self.users)

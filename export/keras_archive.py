@@ -339,11 +339,6 @@ def parse_config(raw: bytes | str) -> RecommenderConfig:
         cls = layer.get("class_name")
         counts[cls] = counts.get(cls, 0) + 1
         by_class[cls] = layer
-        if cls in _KMR_LAYERS and layer.get("registered_name") != f"kmr>{cls}":
-            raise ArchiveError(
-                f"layer {layer.get('name')!r} of class {cls} is not registered as "
-                f"'kmr>{cls}'. Received: {layer.get('registered_name')!r}"
-            )
     if counts != _EXPECTED_LAYERS:
         raise ArchiveError(
             f"not the kmr recommender structure: expected layers {_EXPECTED_LAYERS}. "
@@ -368,7 +363,11 @@ def parse_config(raw: bytes | str) -> RecommenderConfig:
 
 
 def _check_classes(node: Any, where: str) -> None:
-    """Refuses any ``class_name`` outside `ALLOWED_CLASSES`, at any depth."""
+    """Refuses, at any depth, a ``class_name`` outside `ALLOWED_CLASSES` or one that
+    Keras would resolve to something else: Keras looks a class up by ``registered_name``
+    first and imports ``module``, so kmr layers must say ``kmr>Class`` / ``kmr.*`` and
+    every other class ``Class`` (or nothing) / ``keras*``.
+    """
     if isinstance(node, dict):
         cls = node.get("class_name")
         if cls is not None and cls not in ALLOWED_CLASSES:
@@ -376,6 +375,23 @@ def _check_classes(node: Any, where: str) -> None:
                 f"{where} uses class {cls!r}, which is not part of a kmr recommender "
                 f"(allowed: {sorted(ALLOWED_CLASSES)}); refused without running it."
             )
+        if cls is not None:
+            registered, module = node.get("registered_name"), node.get("module")
+            kmr = cls in _KMR_LAYERS
+            names = (f"kmr>{cls}",) if kmr else (None, cls)
+            package = "kmr" if kmr else "keras"
+            if registered not in names:
+                raise ArchiveError(
+                    f"{where} of class {cls} is not registered as {names[-1]!r}. "
+                    f"Received: registered_name={registered!r}"
+                )
+            if not (module is None and not kmr) and not (
+                isinstance(module, str) and (module == package or module.startswith(f"{package}."))
+            ):
+                raise ArchiveError(
+                    f"{where} of class {cls} must come from module {package!r}. "
+                    f"Received: module={module!r}"
+                )
         for key, value in node.items():
             _check_classes(value, f"{where}.{key}")
     elif isinstance(node, list):

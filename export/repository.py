@@ -15,7 +15,8 @@ dot hides it from listings) on the same filesystem, then ``os.rename``d into pla
   renamed to ``<repo>/<name>``;
 * an existing model: the version is staged at ``<repo>/<name>/.kmr-staging-...``, renamed
   to ``<repo>/<name>/<version>``, then ``config.pbtxt`` is replaced via a temporary file
-  and ``os.replace``.
+  and ``os.replace`` -- only if that version is the newest (the one Triton serves by
+  default); an older version published later leaves the config of the newest alone.
 
 A killed export leaves only a staging folder; the next export removes staging folders
 whose owning process (its pid is in the name) is gone.
@@ -84,7 +85,7 @@ def existing_versions(repo: str | os.PathLike[str], name: str) -> list[int]:
         return []
     return sorted(
         int(p.name) for p in model_dir.iterdir()
-        if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")
+        if p.is_dir() and p.name.isascii() and p.name.isdigit() and not p.name.startswith("0")
     )
 
 
@@ -186,10 +187,19 @@ class StagedVersion:
             old = f"{STAGING_PREFIX}{os.getpid()}-old-{uuid.uuid4().hex[:8]}"
             trash = self.paths.model_dir / old
             os.rename(self.paths.version_dir, trash)
-        os.rename(self._root, self.paths.version_dir)
-        tmp = self.paths.model_dir / f"{STAGING_PREFIX}{os.getpid()}-{CONFIG_FILE}"
-        tmp.write_text(self.config_text, encoding="utf-8")
-        os.replace(tmp, self.paths.config)
+        try:
+            os.rename(self._root, self.paths.version_dir)
+        except OSError:
+            if trash is not None:  # put the previous version back
+                os.rename(trash, self.paths.version_dir)
+            raise
+        # config.pbtxt describes the version Triton serves (the newest, by default): an
+        # older version published later must not replace it.
+        newest = existing_versions(self.paths.repo, self.paths.model_dir.name)[-1]
+        if not self.paths.config.exists() or int(self.paths.version_dir.name) >= newest:
+            tmp = self.paths.model_dir / f"{STAGING_PREFIX}{os.getpid()}-{CONFIG_FILE}"
+            tmp.write_text(self.config_text, encoding="utf-8")
+            os.replace(tmp, self.paths.config)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
 

@@ -85,18 +85,10 @@ def run(args: argparse.Namespace) -> int:
     if args.model_control_mode == "poll" and not args.poll_secs:
         args.poll_secs = 5
     grpc_tls = grpc_tls_of(args)
-    server = LocalTritonServer(
-        args.repo,
-        host=args.host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        model_control_mode=args.model_control_mode,
-        repository_poll_secs=args.poll_secs,
-        log_path=args.log,
-        startup_timeout=args.startup_timeout,
-        grpc_tls=grpc_tls,
-    )
+    try:
+        server = _server(args, grpc_tls)
+    except TritonServerError as error:  # e.g. not set up: the message says what to run
+        raise UserError(str(error)) from error
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -120,3 +112,18 @@ def run(args: argparse.Namespace) -> int:
         seconds = server.stop()
         print(f"tritonserver stopped in {seconds:.1f} s")
     return 0
+
+
+def _server(args: argparse.Namespace, grpc_tls: GrpcTls | None) -> LocalTritonServer:
+    return LocalTritonServer(
+        args.repo,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        model_control_mode=args.model_control_mode,
+        repository_poll_secs=args.poll_secs,
+        log_path=args.log,
+        startup_timeout=args.startup_timeout,
+        grpc_tls=grpc_tls,
+    )

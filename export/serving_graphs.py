@@ -334,6 +334,9 @@ def _retrieve_function(k: int, num_users: int, num_items: int, dim: int, cosine:
     num_blocks = padded // block
     # Pad columns [num_items, padded) score 0 and are always excluded (-inf).
     pad_ids = np.arange(num_items, padded, dtype=np.int64)
+    # All -inf rows after the chosen blocks: exclusions outside them land in the first,
+    # and together they make the final TopK input >= k wide even when k > num_items.
+    extra_rows = -(-k // block)
 
     @tf.function(autograph=False)
     def retrieve(user_id, exclude_item_ids, kmr_user_table, kmr_item_table_t):
@@ -363,8 +366,8 @@ def _retrieve_function(k: int, num_users: int, num_items: int, dim: int, cosine:
         # Ascending block order keeps "ties go to the lower item id" in stage 2.
         chosen = tf.cast(-tf.math.top_k(-tf.cast(chosen, tf.float32), k=wanted)[0], tf.int32)
         picked = tf.gather(blocked, chosen, batch_dims=1)  # [B, wanted, block]
-        picked = tf.concat([picked, tf.fill([batch, 1, block], neg_inf)], axis=1)
-        # Exclusions land in their chosen block, or in the all -inf extra row.
+        picked = tf.concat([picked, tf.fill([batch, extra_rows, block], neg_inf)], axis=1)
+        # Exclusions land in their chosen block, or in the first all -inf extra row.
         rows = tf.range(batch)[:, None]
         rank_map = tf.tensor_scatter_nd_update(
             tf.fill([batch, num_blocks], wanted),
@@ -382,7 +385,7 @@ def _retrieve_function(k: int, num_users: int, num_items: int, dim: int, cosine:
         top_scores, positions = tf.math.top_k(
             tf.reshape(picked, [batch, -1]), k=k, sorted=True
         )
-        chosen = tf.concat([chosen, tf.zeros([batch, 1], tf.int32)], axis=1)
+        chosen = tf.concat([chosen, tf.zeros([batch, extra_rows], tf.int32)], axis=1)
         top_blocks = tf.gather(chosen, positions // block, batch_dims=1)
         top_ids = tf.cast(top_blocks, tf.int64) * block + tf.cast(positions % block, tf.int64)
         found = tf.logical_and(top_scores > neg_inf, user_ok[:, None])

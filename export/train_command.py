@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     """Loads the data, trains, evaluates and writes ``--out``; returns the exit code."""
     from export.train_artifacts import check_output_dir
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     check_output_dir(args.out)  # before reading gigabytes or training
     data = _load(args, settings.seed)
 
@@ -78,31 +78,38 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(args: argparse.Namespace) -> TrainSettings:
+# Settings a command line may override -> the flag that sets it (absent attributes of
+# ``args`` are left at their defaults, so `demo`, which has only some flags, shares this).
+_FLAGS = {
+    "epochs": "--epochs",
+    "embedding_dim": "--dim",
+    "batch_size": "--batch-size",
+    "learning_rate": "--lr",
+    "l2_reg": "--l2",
+    "temperature": "--temperature",
+    "objective": "--objective",
+    "k": "--k",
+    "seed": "--seed",
+}
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    """`TrainSettings` with the flags given in ``args``; UserError naming a bad flag."""
     from export.training import with_overrides
 
-    for name in ("epochs", "embedding_dim", "batch_size", "k"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
-    for name in ("learning_rate", "temperature"):
-        value = getattr(args, name)
-        if value is not None and not value > 0:
-            raise UserError(f"--{name} must be > 0, got {value}.")
-    if args.l2_reg is not None and not args.l2_reg >= 0:
-        raise UserError(f"--l2 must be >= 0, got {args.l2_reg}.")
-    return with_overrides(
-        TrainSettings(),
-        epochs=args.epochs,
-        embedding_dim=args.embedding_dim,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        l2_reg=args.l2_reg,
-        temperature=args.temperature,
-        objective=args.objective,
-        k=args.k,
-        seed=args.seed,
-    )
+    given = {name: getattr(args, name, None) for name in _FLAGS}
+    for name, value in given.items():
+        if value is None or name in ("objective", "seed"):
+            continue
+        if name in ("epochs", "embedding_dim", "batch_size", "k"):
+            ok, expected = value >= 1, ">= 1"
+        elif name == "l2_reg":
+            ok, expected = value >= 0, ">= 0"
+        else:
+            ok, expected = value > 0, "> 0"
+        if not ok:  # also refuses NaN
+            raise UserError(f"{_FLAGS[name]} must be {expected}, got {value}.")
+    return with_overrides(TrainSettings(), **given)
 
 
 def _load(args: argparse.Namespace, seed: int):
@@ -121,7 +128,7 @@ def _load(args: argparse.Namespace, seed: int):
             raise UserError(f"synthetic data: {error}") from error
     from export.data import load_interactions
 
-    sep = args.sep.encode().decode("unicode_escape") if args.sep else None  # "\t" -> tab
+    sep = args.sep.replace("\\t", "\t") if args.sep else None  # typed backslash-t: tab
     return load_interactions(
         args.data,
         sep=sep,

@@ -158,6 +158,13 @@ def build_model_config(
             "Invalid value received for argument `max_queue_delay_us`. Expected an int "
             f">= 0. Received: max_queue_delay_us={max_queue_delay_us!r}"
         )
+    for size in preferred_batch_sizes or ():
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= max_batch_size:
+            raise ValueError(
+                "Invalid value received for argument `preferred_batch_sizes`. Expected ints "
+                f"in [1, max_batch_size={max_batch_size}]. Received: "
+                f"preferred_batch_sizes={list(preferred_batch_sizes)!r}"
+            )
     python = backend == BACKEND_PYTHON
     config = mc.ModelConfig(name=name, max_batch_size=max_batch_size)
     if python:

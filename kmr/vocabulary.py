@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 FORMAT = "kmr-vocabulary/1"
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")  # ASCII decimal digits only
 
 
 class UnknownIdError(KeyError):
@@ -66,7 +68,14 @@ class Vocabulary:
         return f"Vocabulary(name={self.name!r}, kind={self.kind!r}, size={len(self)})"
 
     def coerce(self, raw: object) -> int | str:
-        """Converts a raw id to this vocabulary's kind (``"42"`` -> 42 for int vocabularies)."""
+        """Converts a raw id to this vocabulary's kind.
+
+        Int vocabularies accept ints (numpy ones too) and decimal text (``"42"``, ``"007"``
+        -> 7); str vocabularies take the text of any id (``7`` -> ``"7"``, never ``"007"``).
+
+        Raises:
+            UnknownIdError: an int vocabulary received something that is not an integer.
+        """
         if isinstance(raw, np.generic):
             raw = raw.item()
         if self.kind == "int":
@@ -74,7 +83,7 @@ class Vocabulary:
                 raise UnknownIdError(f"Unknown {self.name} {raw!r}: expected an integer id.")
             if isinstance(raw, int):
                 return raw
-            if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+            if isinstance(raw, str) and _INT_TEXT.fullmatch(raw.strip()):
                 return int(raw)
             raise UnknownIdError(f"Unknown {self.name} {raw!r}: expected an integer id.")
         return str(raw)

@@ -774,3 +774,154 @@ def test_cli_exits_1_when_server_is_down(capsys) -> None:
     code = cli.main(["--url", "127.0.0.1:1", "--model", "mf", "--user", "0", "--timeout", "1"])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: model 'mf': config:") and "Traceback" not in err
+
+
+# -- review fixes -------------------------------------------------------------------------------
+def test_stats_count_every_call_when_one_client_is_shared_by_threads() -> None:
+    import threading
+
+    client, transport = make_client(contract.GRAPH_RERANK)
+    client.fetch_model_info()
+    threads, per_thread = 8, 300
+    barrier = threading.Barrier(threads)
+
+    def work() -> None:
+        barrier.wait()
+        for _ in range(per_thread):
+            client._call(lambda: None)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up
+    try:
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert client.stats.calls == 1 + threads * per_thread
+
+
+def test_async_client_fetches_config_once_when_first_requests_run_concurrently() -> None:
+    class SlowConfig(AsyncFakeTransport):
+        async def get_config(self) -> dict[str, Any]:  # type: ignore[override]
+            await asyncio.sleep(0.01)  # a network round trip: other requests start meanwhile
+            return FakeTransport.get_config(self)
+
+    transport = SlowConfig(grpc_json(config_message(contract.GRAPH_RETRIEVE)),
+                           contract.GRAPH_RETRIEVE)
+
+    async def main() -> list[Any]:
+        async with AsyncRecommenderClient("fake:0", "mf_retrieve", transport=transport) as c:
+            return await asyncio.gather(*(c.recommend([u], k=2, raw_ids=False)
+                                          for u in range(NUM_USERS)))
+
+    results = asyncio.run(main())
+    assert [r.item_ids.shape for r in results] == [(1, 2)] * NUM_USERS
+    assert transport.config_calls == 1
+
+
+@pytest.mark.parametrize("module", [
+    "client", "client._transport", "client.cli", "client.errors", "client.model_info",
+    "client.vocabularies", "kmr.vocabulary",
+])
+def test_docstring_examples_run_when_collected_by_doctest(module: str) -> None:
+    import doctest
+    import importlib
+
+    failed, attempted = doctest.testmod(importlib.import_module(module),
+                                        optionflags=doctest.ELLIPSIS)
+    assert failed == 0 and attempted > 0
+
+
+def test_int_vocabulary_refuses_non_decimal_text_as_unknown_id_when_raw_ids(retrieve) -> None:
+    client, transport = retrieve
+    client.recommend(["u1"], exclude=[["0100", " 110 ", "+120"]])  # decimal text is an int id
+    assert transport.requests[0][contract.EXCLUDE_ITEM_IDS].tolist() == [[0, 1, 2]]
+    for text in ("--100", "²", "٣", "1e2"):  # int("--100") etc. used to escape as ValueError
+        with pytest.raises(UnknownRawIdError, match="Unknown item id"):
+            client.recommend(["u1"], exclude=[[text]])
+
+
+def test_str_vocabulary_maps_numpy_and_python_ints_to_their_text_when_raw_ids() -> None:
+    vocab = Vocabulary(["7", "007"])
+    assert vocab.to_indices([np.int64(7), 7, "007", np.str_("7")]).tolist() == [0, 0, 1, 0]
+    with pytest.raises(UnknownIdError):
+        vocab.to_indices([8])
+
+
+def test_cli_passes_tls_options_and_headers_to_the_client(monkeypatch, pem_files, capsys):
+    made: dict[str, Any] = {}
+
+    def factory(url: str, model: str, **options: Any) -> RecommenderClient:
+        made.update(options, url=url)
+        options["vocabularies"] = None
+        return make_client(contract.GRAPH_RETRIEVE, **options)[0]
+
+    monkeypatch.setattr(cli, "RecommenderClient", factory)
+    code = cli.main(["--url", "h:443", "--model", "mf_retrieve", "--user", "0", "--ssl",
+                     "--root-certificates", str(pem_files["ca"]),
+                     "--private-key", str(pem_files["key"]),
+                     "--certificate-chain", str(pem_files["chain"]),
+                     "--header", "Authorization=Bearer a=b", "--header", "x-api-key=k"])
+    assert code == 0, capsys.readouterr().err
+    assert made["ssl"] is True and made["root_certificates"] == pem_files["ca"]
+    assert (made["private_key"], made["certificate_chain"]) == (pem_files["key"],
+                                                               pem_files["chain"])
+    assert made["headers"] == {"Authorization": "Bearer a=b", "x-api-key": "k"}
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["user", "rank", "item", "score"]  # no titles: no title column
+
+
+@pytest.fixture()
+def pem_files(tmp_path: Path) -> dict[str, Path]:
+    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "key", "chain")}
+    for path in files.values():
+        path.write_text("-----BEGIN X-----\n-----END X-----\n", encoding="utf-8")
+    return files
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ssl", "--private-key", "{key}"], "mutual TLS needs both"),
+        (["--root-certificates", "{ca}"], "certificates are only used with TLS"),
+        (["--ssl", "--root-certificates", "/no/such/ca.pem"], "'/no/such/ca.pem' does not "
+         "exist"),
+        (["--header", "a=1", "--header", "A=2"], "--header 'A' is given twice"),
+        (["--header", "bad name=1"], "non-empty HTTP tokens"),
+    ],
+)
+def test_cli_exits_1_with_message_when_tls_or_header_options_are_bad(
+    fake_cli_client, pem_files, capsys, argv, message
+) -> None:
+    fake_cli_client(contract.GRAPH_RETRIEVE)
+    argv = [a.format(**pem_files) for a in argv]
+    assert _run_cli(["--model", "mf_retrieve", "--user", "0", *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_exits_2_with_usage_when_header_has_no_equals_sign(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--model", "m", "--user", "0", "--header", "authorization"])
+    assert info.value.code == 2
+    assert "--header: expected KEY=VALUE. Received: 'authorization'" in capsys.readouterr().err
+
+
+def test_cli_refuses_exclude_when_model_reranks(fake_cli_client, capsys) -> None:
+    fake_cli_client(contract.GRAPH_RERANK)
+    assert _run_cli(["--model", "mf_rerank", "--user", "0", "--candidates", "1,2",
+                     "--exclude", "1"]) == 1
+    assert "--exclude is for retrieve models" in capsys.readouterr().err
+
+
+def test_cli_help_lists_tls_and_header_options(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and out.startswith("usage: python -m client")
+    for flag in ("--ssl", "--root-certificates PEM", "--private-key PEM",
+                 "--certificate-chain PEM", "--header KEY=VALUE"):
+        assert flag in out

@@ -159,3 +159,25 @@ def test_load_interactions_maps_indices_densely_when_ids_sparse(tmp_path):
     data = load_interactions(write(tmp_path, text))
     assert data.users.dtype == np.int64
     assert data.users.max() < data.num_users and data.items.max() < data.num_items
+
+
+def test_load_interactions_raises_when_rows_have_one_field(tmp_path):
+    # "1:10:5" has no separator the detection knows: one field per row, not a crash.
+    path = write(tmp_path, "1:10:5\n1:11:5\n")
+    assert_rejected(tmp_path, path, "line 1", "1 field", "--sep")
+
+
+def test_load_interactions_keeps_ids_as_strings_when_beyond_int64(tmp_path):
+    text = "user,item\n99999999999999999999,1\n99999999999999999999,2\n"
+    data = load_interactions(write(tmp_path, text))
+    assert data.user_vocab.kind == "str"
+    assert data.user_vocab.to_raw(data.users).tolist() == ["99999999999999999999"] * 2
+    assert data.item_vocab.kind == "int"
+
+
+def test_load_interactions_reads_signed_ids_as_ints_when_ascii_digits(tmp_path):
+    data = load_interactions(write(tmp_path, "user,item\n+5,-1\n5,7\n"))
+    assert data.user_vocab.ids == (5,) and data.item_vocab.ids == (-1, 7)
+    assert data.user_vocab.to_indices(["+5"]).tolist() == [0]  # same rule as requests
+    text = "user,item\n\u0663,1\n\u0663,2\n"  # Arabic-Indic 3: text, as requests treat it
+    assert load_interactions(write(tmp_path, text)).user_vocab.ids == ("\u0663",)

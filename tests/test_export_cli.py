@@ -97,3 +97,10 @@ def test_export_cli_fails_when_repository_not_writable(tmp_path, artifacts, caps
         code = _export(artifacts, tmp_path / "file" / "repo", "--k", "3")
         err = capsys.readouterr().err
     assert code == 1 and "not writable" in err
+
+
+def test_serve_cli_fails_with_setup_hint_when_triton_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KMR_TRITON_HOME", str(tmp_path / "no-triton"))
+    (tmp_path / "repo").mkdir()
+    assert main(["serve", "--repo", str(tmp_path / "repo")]) == 1
+    assert "scripts/setup_triton.sh" in capsys.readouterr().err

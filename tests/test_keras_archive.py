@@ -170,6 +170,12 @@ def _lambda_config(config: dict) -> dict:
         (lambda c: json.loads(json.dumps(c).replace('"kmr>NormalizedDotProductSimilarity"',
                                                     '"evil>NormalizedDotProductSimilarity"')),
          "not registered"),
+        # Keras resolves registered_name before class_name, and imports `module`.
+        (lambda c: json.loads(json.dumps(c).replace(
+            '"registered_name": "ExpandDims"',
+            '"registered_name": "kmr>TopKRecommendationSelector"')), "not registered"),
+        (lambda c: json.loads(json.dumps(c).replace('"module": "keras.layers"',
+                                                    '"module": "os"')), "module='os'"),
     ],
 )
 def test_export_refuses_archive_when_config_tampered(saved, tmp_path, tamper, message):

@@ -164,3 +164,13 @@ def test_bake_tables_raises_when_input_missing(exported):
     graph = serving_graph(model, contract.GRAPH_RERANK, K)
     with pytest.raises(ValueError, match="no input"):
         bake_tables(onnx.ModelProto(), graph.tables, ".", external_threshold_bytes=0)
+
+
+def test_retrieve_onnx_returns_k_columns_when_k_exceeds_catalogue(tmp_path):
+    model = tiny_model(4, 5)
+    graph = serving_graph(model, contract.GRAPH_RETRIEVE, 20)
+    session = load_session(convert_graph(graph, tmp_path).path)
+    feed = {contract.USER_ID: np.array([0, 9]), contract.EXCLUDE_ITEM_IDS: np.array([[1], [1]])}
+    out = run_session(session, contract.GRAPH_RETRIEVE, feed)
+    assert out[contract.TOP_ITEM_IDS].shape == (2, 20)
+    _assert_parity(out, retrieve_reference(model, *feed.values(), 20), graph.run_tf(feed))

@@ -215,11 +215,11 @@ def _assert_rejected_while_good_traffic_is_unaffected(stack, side: str, name: st
     with BackgroundLoad(stack.grpc_url, stack.names, {"served": stack.sessions},
                         concurrency=4, check_fraction=1.0, num_users=stack.num_users,
                         num_items=stack.num_items, retries=0) as load:
-        time.sleep(0.1)
+        load.wait_for_answers(4)  # good traffic flows before the bad request ...
         for _ in range(ROUNDS):
             with pytest.raises(case.error) as info:
                 case.call(stack)
-        time.sleep(0.1)
+        load.wait_for_answers(4)  # ... and after it
     error = info.value
     message = _message(error)
     # Exact class: not merely a subclass (UnknownRawIdError is an InvalidRequestError).
@@ -410,4 +410,6 @@ def test_package_sources_have_no_pickle_or_eval_when_grepped() -> None:
             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
             if UNSAFE.search(line)]
     assert hits == [], "\n".join(hits)
-    assert "safe_mode=True" in (ROOT / "export" / "exporter.py").read_text(encoding="utf-8")
+    # Keras deserialisation in the export runs with safe_mode=True (wherever it lives).
+    assert any("safe_mode=True" in p.read_text(encoding="utf-8")
+               for p in sources if p.parts[-2] == "export")

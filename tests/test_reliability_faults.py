@@ -77,8 +77,7 @@ def test_client_recovers_with_counted_retries_when_server_is_killed_and_restarte
         ports = (server.grpc_url, server.http_url)
         with _load(served_stack, server.grpc_url, {"v1": served_stack.sessions},
                    retries=12, backoff=0.05) as load:
-            time.sleep(1.5)
-            killed_at = load.elapsed()
+            killed_at = load.wait_for_answers(20)
             regions = server.shared_memory_regions()
             os.kill(server.pid, signal.SIGKILL)  # our own child, by pid
             server.stop()  # reaps it and its python-backend stubs (its process group)
@@ -87,7 +86,7 @@ def test_client_recovers_with_counted_retries_when_server_is_killed_and_restarte
             assert (server.grpc_url, server.http_url) == ports
             server.wait_until_ready()
             back_at = load.elapsed()
-            time.sleep(1.5)
+            load.wait_for_answers(CONCURRENCY)  # clients back off: wait, don't guess
         result = load.result
     downtime = back_at - killed_at
     print(f"\n[measure] SIGKILL + restart: server back after {downtime:.1f} s; {_describe(result)}")
@@ -111,6 +110,19 @@ def test_load_generator_counts_failed_calls_when_server_stays_down(served_stack)
     assert set(result.errors) == {"ServerUnavailableError"}
     assert _failures(result) >= result.error_count  # + the failed up-front config fetches
     assert _retries(result) >= result.requests  # retries=1: each request was tried twice
+
+
+def test_background_load_wait_raises_timeout_when_no_request_is_answered(served_stack) -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
+        sock.bind(("127.0.0.1", 0))
+        url = f"127.0.0.1:{sock.getsockname()[1]}"
+    with _load(served_stack, url, {"v1": served_stack.sessions}, concurrency=1, retries=0) \
+            as load:
+        with pytest.raises(TimeoutError, match="1 answers did not come within 0.5 s"):
+            load.wait_for_answers(1, timeout=0.5)
+        waited = load.elapsed()
+    assert load.result is load.live and load.result.ok == 0 < load.result.error_count
+    assert all(t <= waited for t, *_ in load.result.error_samples)  # one clock
 
 
 # -- (b) hot model update under load, (c) export killed mid-write ---------------------------
@@ -153,8 +165,7 @@ def test_hot_update_switches_answers_without_failed_requests_when_exported_under
                                                 "exclude_item_ids": -np.ones((4, 1), int)})[0])
     before = _served_versions(stack)
     with _load(stack, stack.grpc_url, references) as load:
-        time.sleep(1.0)
-        export_started = load.elapsed()
+        export_started = load.wait_for_answers(20)
         published = export_version(new_model, stack.repo)
         exported_at = load.elapsed()
         assert {d.name for d in published.values()} == {"2"}
@@ -162,7 +173,8 @@ def test_hot_update_switches_answers_without_failed_requests_when_exported_under
         wait = _wait_for(lambda: _served_versions(stack) == only_v2, 60,
                          "the server serving version 2 only")
         swapped_at = load.elapsed()
-        time.sleep(1.5)
+        time.sleep(0.6)
+        load.wait_for_answers(20)  # answers later than swapped_at + 0.5
     result = load.result
     v2_times = [t for t, label in result.timeline if label == "v2"]
     first_v2 = v2_times[0] if v2_times else None

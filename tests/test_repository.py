@@ -196,3 +196,55 @@ def test_export_cli_leaves_no_version_when_killed_mid_export(tmp_path):
     assert subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True).returncode == 0
     assert existing_versions(repo, "mf_rerank") == [1, 2] == existing_versions(repo, "mf_retrieve")
     assert not list(repo.rglob(f"{STAGING_PREFIX}*"))
+
+
+def test_existing_versions_ignores_folders_when_not_ascii_integers(tmp_path):
+    for name in ("2", "²", "1a", "v3"):
+        (tmp_path / "mf" / name).mkdir(parents=True)
+    assert existing_versions(tmp_path, "mf") == [2]
+
+
+def test_staged_version_keeps_newest_config_when_older_version_published(tmp_path):
+    for version, text in ((2, "two"), (1, "one")):
+        staged = StagedVersion(model_paths(tmp_path, "mf", version), replace=False)
+        staged.config_text = text
+        staged.publish()
+    assert (tmp_path / "mf/config.pbtxt").read_text() == "two"  # Triton serves version 2
+    assert existing_versions(tmp_path, "mf") == [1, 2]
+
+
+def test_staged_version_restores_previous_version_when_rename_fails(tmp_path, monkeypatch):
+    first = StagedVersion(model_paths(tmp_path, "mf", 1), replace=False)
+    (first.dir / "f").write_text("old")
+    first.config_text = "old"
+    first.publish()
+    again = StagedVersion(model_paths(tmp_path, "mf", 1), replace=True)
+    (again.dir / "f").write_text("new")
+    again.config_text = "new"
+    real_rename = os.rename
+
+    def failing(src, dst):
+        if Path(src) == again.dir:
+            raise OSError(28, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing)
+    with pytest.raises(OSError, match="No space"):
+        again.publish()
+    again.discard()
+    assert (tmp_path / "mf/1/f").read_text() == "old"
+    assert (tmp_path / "mf/config.pbtxt").read_text() == "old"
+    assert not list(tmp_path.rglob(f"{STAGING_PREFIX}*"))
+
+
+def test_export_model_fails_before_converting_when_serving_option_bad(tmp_path, artifacts,
+                                                                     monkeypatch):
+    import export.onnx_convert as onnx_convert
+
+    def never(*args, **kwargs):
+        raise AssertionError("converted although the config cannot be built")
+
+    monkeypatch.setattr(onnx_convert, "convert_graph", never)
+    with pytest.raises(ExportError, match="instance_count=0"):
+        export_model(artifacts, tmp_path, name="mf", k=3, instances=0)
+    assert not any(tmp_path.iterdir())

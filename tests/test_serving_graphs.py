@@ -124,3 +124,31 @@ def test_rerank_reference_matches_tf_when_ids_mixed(model):
     out = graph.run_tf({contract.USER_ID: users, contract.ITEM_IDS: items})
     diff, ids_equal, _, ok = compare(out, rerank_reference(model, users, items, K))
     assert ids_equal and ok, diff
+
+
+def test_retrieve_tf_pads_with_invalid_when_k_exceeds_catalogue():
+    model = tiny_model(4, 5)  # one block of 8 columns; k = 20 > 2 blocks
+    graph = serving_graph(model, contract.GRAPH_RETRIEVE, 20)
+    users = np.array([0, 1, -1])
+    exclude = np.array([[2, -1], [-1, -1], [0, 1]])
+    out = graph.run_tf({contract.USER_ID: users, contract.EXCLUDE_ITEM_IDS: exclude})
+    assert out[contract.TOP_ITEM_IDS].shape == (3, 20)
+    assert sorted(out[contract.TOP_ITEM_IDS][0, :4]) == [0, 1, 3, 4]
+    assert (out[contract.TOP_ITEM_IDS][0, 4:] == -1).all()
+    assert (out[contract.TOP_ITEM_IDS][2] == -1).all()
+    diff, ids_equal, _, ok = compare(out, retrieve_reference(model, users, exclude, 20))
+    assert ids_equal and ok, diff
+
+
+def test_compare_fails_when_ids_wrong_but_scores_right():
+    ref = {contract.TOP_ITEM_IDS: np.array([[4, 7, 1]]),
+           contract.TOP_SCORES: np.array([[0.9, 0.5, 0.1]], np.float32)}
+    wrong = {**ref, contract.TOP_ITEM_IDS: np.array([[5, 8, 1]])}  # off by one
+    assert compare(wrong, ref)[3] is False
+    # A real tie swap (equal scores, ids swapped) and a boundary tie still pass.
+    tied = {contract.TOP_ITEM_IDS: np.array([[4, 7, 1]]),
+            contract.TOP_SCORES: np.array([[0.9, 0.5, 0.5]], np.float32)}
+    swapped = {**tied, contract.TOP_ITEM_IDS: np.array([[4, 1, 7]])}
+    boundary = {**ref, contract.TOP_ITEM_IDS: np.array([[4, 7, 2]])}
+    assert compare(swapped, tied)[1:] == (False, 2, True)
+    assert compare(boundary, ref)[1:] == (False, 1, True)

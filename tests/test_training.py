@@ -190,3 +190,59 @@ def test_train_cli_exits_nonzero_in_subprocess_when_data_missing(tmp_path):
     )
     assert proc.returncode == 1
     assert "x.csv: no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_ranking_equals_reference_when_several_items_held_out():
+    data = make_synthetic(num_users=60, num_items=25, interactions_per_user=6, seed=2)
+    split = holdout_split(data, holdout_per_user=3)
+    table = np.random.default_rng(0).standard_normal(
+        (data.num_users, data.num_items)).astype(np.float32)
+    metrics = evaluate_ranking(lambda users: table[users], split, k=4)
+    train = set(zip(split.train.users.tolist(), split.train.items.tolist(), strict=True))
+    users = sorted(set(split.test_users.tolist()))
+    recall = ndcg = hit = 0.0
+    for u in users:
+        held = set(split.test_items[split.test_users == u].tolist())
+        assert len(held) == 3 and not held & {i for v, i in train if v == u}
+        unseen = [i for i in range(data.num_items) if (u, i) not in train]
+        hits = [i in held for i in sorted(unseen, key=lambda i: -table[u, i])[:4]]
+        recall += sum(hits) / len(held)
+        hit += any(hits)
+        ideal = sum(1 / np.log2(r + 2) for r in range(min(len(held), 4)))
+        ndcg += sum(h / np.log2(r + 2) for r, h in enumerate(hits)) / ideal
+    assert metrics.num_users == len(users) == data.num_users
+    assert metrics.recall == pytest.approx(recall / len(users))
+    assert metrics.ndcg == pytest.approx(ndcg / len(users))
+    assert metrics.hit_rate == pytest.approx(hit / len(users))
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--dim", "0", "--dim must be >= 1"), ("--lr", "0", "--lr must be > 0"),
+     ("--l2", "nan", "--l2 must be >= 0"), ("--batch-size", "0", "--batch-size must be")],
+)
+def test_train_cli_names_the_flag_when_flag_out_of_range(tmp_path, capsys, flag, value, message):
+    code = cli_main(["train", "--out", str(tmp_path / "a"), flag, value])
+    assert code == 1 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_cli_exits_one_before_training_when_flag_out_of_range(tmp_path, capsys):
+    code = cli_main(["demo", "--workdir", str(tmp_path / "w"), "--dim", "0"])
+    assert code == 1 and "--dim must be >= 1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("typed", "sep"), [("\\t", "\t"), (";", ";"), ("\u00a7", "\u00a7")])
+def test_train_cli_reads_file_when_sep_given(tmp_path, typed, sep):
+    import argparse
+
+    from export import train_command
+
+    path = tmp_path / "r.txt"
+    path.write_text(f"1{sep}10{sep}5\n1{sep}11{sep}5\n2{sep}10{sep}4\n", encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    args = parser.parse_args(["--data", str(path), "--out", "x", "--sep", typed])
+    data = train_command._load(args, seed=0)
+    assert data.item_vocab.ids == (10, 11) and len(data) == 3

@@ -132,6 +132,7 @@ def test_build_model_config_warmup_fits_when_max_candidates_is_small() -> None:
         (dict(num_items=-1), "num_items"),
         (dict(instance_count=1.5), "instance_count"),
         (dict(max_queue_delay_us=-5), "max_queue_delay_us"),
+        (dict(max_batch_size=8, preferred_batch_sizes=[4, 16]), r"\[4, 16\]"),
     ],
 )
 def test_build_model_config_raises_when_argument_is_invalid(overrides: dict, match: str) -> None:
