@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from export.exporter import BACKENDS, GRAPH_CHOICES  # light: no TensorFlow at import
 from kmr import contract
-
-_GRAPHS = (*contract.GRAPH_KINDS, "both")
-_BACKENDS = ("onnxruntime", "python")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,10 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo", default="model_repository", help="Triton model repository")
     parser.add_argument("--name", default="recommender",
                         help="model name; --graph both writes <name>_rerank and <name>_retrieve")
-    parser.add_argument("--graph", default=contract.GRAPH_RERANK, choices=_GRAPHS,
+    parser.add_argument("--graph", default=contract.GRAPH_RERANK, choices=GRAPH_CHOICES,
                         help="served graph(s) to export (default: rerank)")
     parser.add_argument("--k", type=int, default=10, help="results per request (constant)")
-    parser.add_argument("--backend", default="onnxruntime", choices=_BACKENDS,
+    parser.add_argument("--backend", default="onnxruntime", choices=BACKENDS,
                         help="onnxruntime (production images) or python (local server)")
     parser.add_argument("--version", type=int, default=None,
                         help="version to write (default: next free version)")

@@ -152,7 +152,8 @@ class ArchiveTable:
         ids = np.asarray(ids, np.int64)
         n, d = self.shape
         if ids.size and (ids.min() < -n or ids.max() >= n):
-            raise IndexError(f"Row ids out of range for a table of {n} rows.")
+            bad = ids.min() if ids.min() < -n else ids.max()
+            raise IndexError(f"Row id {int(bad)} is out of range for a table of {n} rows.")
         flat = np.where(ids < 0, ids + n, ids).ravel()
         unique, inverse = np.unique(flat, return_inverse=True)
         rows = np.empty((len(unique), d), np.float32)

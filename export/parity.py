@@ -45,8 +45,8 @@ class ParityReport:
         rows: Total rows compared.
         max_abs_score_diff: Largest ``|score - reference|`` over finite reference scores.
         ids_equal: Whether every id (and position) output equals the reference exactly.
-        tie_swaps: Slots whose ids differ but whose scores agree within tolerance (an
-            order flip between near-equal scores; counted, not a failure).
+        tie_swaps: Slots whose ids differ from the reference (see `compare`: only an
+            order flip between near-equal reference scores is not a failure).
         passed: Scores within tolerance, ``-inf`` slots identical, ids equal up to ties.
     """
 

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
@@ -173,12 +174,18 @@ class StagedVersion:
         """Moves the staged version into place (rename), then the config (replace)."""
         if self.config_text is None:
             raise RepositoryError("No config.pbtxt was staged.")
+        _fsync_tree(self._root)
+        source = self._root
         if self.new_model:
             (self._root / CONFIG_FILE).write_text(self.config_text, encoding="utf-8")
-            _fsync_tree(self._root)
-            os.rename(self._root, self.paths.model_dir)
-            return
-        _fsync_tree(self._root)
+            try:
+                os.rename(self._root, self.paths.model_dir)
+                return
+            except OSError as error:
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            # Another export created the model meanwhile: publish as a version of it.
+            source = self.dir
         trash = None
         if self.paths.version_dir.exists():
             if not self.replace:
@@ -188,7 +195,7 @@ class StagedVersion:
             trash = self.paths.model_dir / old
             os.rename(self.paths.version_dir, trash)
         try:
-            os.rename(self._root, self.paths.version_dir)
+            os.rename(source, self.paths.version_dir)
         except OSError:
             if trash is not None:  # put the previous version back
                 os.rename(trash, self.paths.version_dir)
@@ -202,6 +209,8 @@ class StagedVersion:
             os.replace(tmp, self.paths.config)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
+        if source != self._root:
+            shutil.rmtree(self._root, ignore_errors=True)
 
     def discard(self) -> None:
         """Removes the staging folder (after a failure)."""

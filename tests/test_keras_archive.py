@@ -74,7 +74,7 @@ def test_archive_tables_equal_model_weights_when_read_in_any_way(saved):
         chunks = list(archive.items.chunks(64))
         assert [s for s, _ in chunks] == [0, 64, 128, 192, 256]
         np.testing.assert_array_equal(np.concatenate([c for _, c in chunks]), items)
-        with pytest.raises(IndexError):
+        with pytest.raises(IndexError, match=f"Row id {NI} is out of range"):
             archive.items[np.array([NI])]
 
 

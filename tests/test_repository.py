@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -168,6 +169,13 @@ def test_export_model_leaves_repository_untouched_when_parity_fails(tmp_path, ar
     assert _visible(tmp_path) == snapshot and not list(tmp_path.rglob(".*"))
 
 
+def _staged_onnx(repo: Path) -> list[Path]:
+    try:
+        return list(repo.glob(f"*/{STAGING_PREFIX}*/{contract.ONNX_FILE}"))
+    except FileNotFoundError:  # the export removed a folder (e.g. its probe) mid-scan
+        return []
+
+
 def test_export_cli_leaves_no_version_when_killed_mid_export(tmp_path):
     # Big enough that staging lives for a few seconds (write, check, parity).
     art = tmp_path / "art"
@@ -183,7 +191,7 @@ def test_export_cli_leaves_no_version_when_killed_mid_export(tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list(repo.glob(f"*/{STAGING_PREFIX}*/{contract.ONNX_FILE}")):
+    while not _staged_onnx(repo):
         assert proc.poll() is None and time.monotonic() < deadline, "export never staged"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
@@ -248,3 +256,43 @@ def test_export_model_fails_before_converting_when_serving_option_bad(tmp_path, 
     with pytest.raises(ExportError, match="instance_count=0"):
         export_model(artifacts, tmp_path, name="mf", k=3, instances=0)
     assert not any(tmp_path.iterdir())
+
+
+def test_keras_check_accepts_tie_swap_when_candidate_repeated():
+    from export.exporter import _keras_rerank_diff
+
+    # Candidate 8 at positions 0 and 2: Keras ties to position 0; onnxruntime may round
+    # the two copies' scores apart by an ulp and put position 2 first.
+    items = np.array([[8, 3, 8]])
+    positions, scores = np.array([[0, 2, 1]]), np.array([[0.5, 0.5, 0.1]], np.float32)
+
+    def run(feed):
+        return {contract.TOP_ITEM_IDS: np.array([[8, 8, 3]]),
+                contract.TOP_POSITIONS: np.array([[2, 0, 1]]),
+                contract.TOP_SCORES: np.array([[0.50000006, 0.5, 0.1]], np.float32)}
+
+    cases = [(np.array([0]), items, positions, scores)]
+    assert _keras_rerank_diff(cases, run, 3)[1:] == (False, True)
+    wrong = {**run(None), contract.TOP_POSITIONS: np.array([[1, 0, 2]])}
+    assert _keras_rerank_diff(cases, lambda feed: wrong, 3)[2] is False
+
+
+def test_export_model_publishes_when_k_equals_num_items(tmp_path):
+    art = save_artifacts(tiny_model(5, 9, 4), tmp_path / "art")  # repeats in the Keras check
+    result = export_model(art, tmp_path / "repo", name="mf", graph="both", k=9)
+    assert [m.version for m in result.models] == [1, 1]
+
+
+def test_staged_version_publishes_as_version_when_model_created_meanwhile(tmp_path):
+    mine = StagedVersion(model_paths(tmp_path, "mf", 2), replace=False)
+    assert mine.new_model
+    (mine.dir / "f").write_text("mine")
+    mine.config_text = "two"
+    other = StagedVersion(model_paths(tmp_path, "mf", 1), replace=False)  # a concurrent export
+    other.config_text = "one"
+    other.publish()
+    mine.publish()
+    assert existing_versions(tmp_path, "mf") == [1, 2]
+    assert (tmp_path / "mf/2/f").read_text() == "mine"
+    assert (tmp_path / "mf/config.pbtxt").read_text() == "two"
+    assert not list(tmp_path.rglob(f"{STAGING_PREFIX}*"))
