@@ -67,12 +67,12 @@ class _Stages:
             yield
         finally:
             self.seconds[name] = time.perf_counter() - started
-            print(f"== {name}: {self.seconds[name]:.1f} s", flush=True)
+            print(f"== {name}: {self.seconds[name]:.2f} s", flush=True)
 
     def summary(self) -> str:
         width = max(len(n) for n in self.seconds)
-        lines = [f"  {n.ljust(width)}  {s:7.1f} s" for n, s in self.seconds.items()]
-        lines.append(f"  {'total'.ljust(width)}  {sum(self.seconds.values()):7.1f} s")
+        lines = [f"  {n.ljust(width)}  {s:8.2f} s" for n, s in self.seconds.items()]
+        lines.append(f"  {'total'.ljust(width)}  {sum(self.seconds.values()):8.2f} s")
         return "stage timings:\n" + "\n".join(lines)
 
 
