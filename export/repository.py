@@ -36,8 +36,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from kmr import contract
+
 STAGING_PREFIX = ".kmr-staging-"
-CONFIG_FILE = "config.pbtxt"
+CONFIG_FILE = contract.TRITON_CONFIG_FILE
 MANIFEST_FILE = "export_manifest.json"
 
 

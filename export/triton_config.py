@@ -37,7 +37,7 @@ BACKEND_ONNXRUNTIME = "onnxruntime"
 BACKEND_PYTHON = "python"
 BACKENDS = (BACKEND_ONNXRUNTIME, BACKEND_PYTHON)
 ONNX_PLATFORM = "onnxruntime_onnx"
-CONFIG_FILE = "config.pbtxt"
+CONFIG_FILE = contract.TRITON_CONFIG_FILE
 
 # Python backend only: onnxruntime intra-op threads (model.py reads the same key).
 PARAM_INTRA_OP_THREADS = "intra_op_num_threads"

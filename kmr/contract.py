@@ -52,7 +52,8 @@ PARAM_MAX_EXCLUDE = "max_exclude"
 PARAM_USER_VOCAB = "user_vocabulary"
 PARAM_ITEM_VOCAB = "item_vocabulary"
 
-# File names inside a trained-artifacts folder and a published version folder.
+# File names inside a trained-artifacts folder and a model repository.
+TRITON_CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 ONNX_WEIGHTS_FILE = "model.onnx.data"
