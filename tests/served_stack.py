@@ -29,6 +29,7 @@ import numpy as np
 from export.local_triton import LocalTritonServer, TritonInstallation
 from kmr import contract
 from kmr.vocabulary import Vocabulary
+from tests._export_helpers import run_session
 
 NAME = "rel"
 NUM_USERS = 24
@@ -87,9 +88,7 @@ def reference(session: Any, kind: str, users: Any, ids: Any = None) -> dict[str,
     if ids is None:
         ids = np.full((len(users), 1), contract.INVALID_ID, dtype=np.int64)
     ids = np.asarray(ids, dtype=np.int64)
-    names = list(contract.OUTPUTS[kind])
-    feed = {contract.USER_ID: users, contract.INPUTS[kind][1]: ids}
-    return dict(zip(names, session.run(names, feed), strict=True))
+    return run_session(session, kind, {contract.USER_ID: users, contract.INPUTS[kind][1]: ids})
 
 
 @dataclass

@@ -31,6 +31,7 @@ from client import (
 from export.local_triton import LocalTritonServer, TritonInstallation
 from kmr import contract
 from kmr.vocabulary import Vocabulary
+from tests.served_stack import onnx_session, reference
 from tests.test_local_triton import (
     ITEM_TABLE,
     MAX_CANDIDATES,
@@ -299,15 +300,6 @@ def _export_version(repo: Path, artifacts: Path, seed: int) -> dict[str, Path]:
     return {m.graph_kind: m.version_dir for m in result.models}
 
 
-def _onnxruntime(version_dir: Path, kind: str, **feed: np.ndarray) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(version_dir / contract.ONNX_FILE),
-                                   providers=["CPUExecutionProvider"])
-    names = list(contract.OUTPUTS[kind])
-    return dict(zip(names, session.run(names, feed), strict=True))
-
-
 @pytest.fixture(scope="module")
 def exported(triton_home: TritonInstallation, tmp_path_factory):
     root = tmp_path_factory.mktemp("exported")
@@ -327,8 +319,8 @@ def test_client_matches_onnxruntime_when_model_comes_from_export(exported, proto
                            vocabularies=root / "repo") as client:
         reranked = client.rerank([EXPORT_USERS[u] for u in users],
                                  [[EXPORT_ITEMS[i] for i in row] for row in candidates])
-    expected = _onnxruntime(versions[contract.GRAPH_RERANK], contract.GRAPH_RERANK,
-                            user_id=np.array(users), item_ids=candidates)
+    expected = reference(onnx_session(versions[contract.GRAPH_RERANK]), contract.GRAPH_RERANK,
+                         users, candidates)
     np.testing.assert_array_equal(reranked.item_indices, expected[contract.TOP_ITEM_IDS])
     np.testing.assert_array_equal(reranked.positions, expected[contract.TOP_POSITIONS])
     np.testing.assert_allclose(reranked.scores, expected[contract.TOP_SCORES], atol=1e-6)
@@ -339,8 +331,8 @@ def test_client_matches_onnxruntime_when_model_comes_from_export(exported, proto
                            vocabularies=root / "repo") as client:
         retrieved = client.recommend([EXPORT_USERS[u] for u in users], k=3,
                                      exclude=[[EXPORT_ITEMS[u]] for u in users])
-    expected = _onnxruntime(versions[contract.GRAPH_RETRIEVE], contract.GRAPH_RETRIEVE,
-                            user_id=np.array(users), exclude_item_ids=np.array(users)[:, None])
+    expected = reference(onnx_session(versions[contract.GRAPH_RETRIEVE]),
+                         contract.GRAPH_RETRIEVE, users, np.array(users)[:, None])
     np.testing.assert_array_equal(retrieved.item_indices, expected[contract.TOP_ITEM_IDS][:, :3])
     np.testing.assert_allclose(retrieved.scores, expected[contract.TOP_SCORES][:, :3], atol=1e-5)
 
@@ -358,7 +350,8 @@ def test_client_follows_hot_update_when_new_version_is_loaded(exported) -> None:
             assert not admin.is_model_ready("mf_retrieve", "1")  # policy: latest version only
         client.fetch_model_info(refresh=True)
         after = client.recommend([EXPORT_USERS[u] for u in users])
-    expected = _onnxruntime(new[contract.GRAPH_RETRIEVE], contract.GRAPH_RETRIEVE,
-                            user_id=np.array(users), exclude_item_ids=np.full((3, 1), -1))
+    # No exclusions: reference() feeds one -1 pad column, as the client does.
+    expected = reference(onnx_session(new[contract.GRAPH_RETRIEVE]), contract.GRAPH_RETRIEVE,
+                         users)
     np.testing.assert_array_equal(after.item_indices, expected[contract.TOP_ITEM_IDS])
     assert not np.array_equal(after.scores, before.scores)

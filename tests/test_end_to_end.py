@@ -21,6 +21,7 @@ from client import AsyncRecommenderClient, RecommenderClient
 from export.local_triton import LocalTritonServer, TritonInstallation
 from kmr import contract
 from kmr.vocabulary import Vocabulary
+from tests.served_stack import onnx_session, reference
 
 pytestmark = pytest.mark.triton
 
@@ -90,15 +91,6 @@ def keras_model(pipeline: Pipeline):
     return keras.saving.load_model(pipeline.model_path, safe_mode=True)
 
 
-def _ort(version_dir: Path, kind: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(version_dir / contract.ONNX_FILE),
-                                   providers=["CPUExecutionProvider"])
-    names = list(contract.OUTPUTS[kind])
-    return dict(zip(names, session.run(names, feed), strict=True))
-
-
 def _url(pipeline: Pipeline, protocol: str) -> str:
     return pipeline.server.grpc_url if protocol == "grpc" else pipeline.server.http_url
 
@@ -113,8 +105,8 @@ def test_rerank_equals_keras_and_onnxruntime_top_k_when_served_with_raw_ids(
 
     positions, scores = (np.asarray(x) for x in keras_model([users, candidates]))
     expected_items = np.take_along_axis(candidates, positions.astype(np.int64), axis=1)
-    ort = _ort(pipeline.version_dirs[contract.GRAPH_RERANK], contract.GRAPH_RERANK,
-               {contract.USER_ID: users, contract.ITEM_IDS: candidates})
+    ort = reference(onnx_session(pipeline.version_dirs[contract.GRAPH_RERANK]),
+                    contract.GRAPH_RERANK, users, candidates)
     np.testing.assert_array_equal(ort[contract.TOP_ITEM_IDS], expected_items)
 
     raw_users = pipeline.users.to_raw(users).tolist()
