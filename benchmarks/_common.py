@@ -104,7 +104,7 @@ def median_ms(fn: Callable[[], Any], *, repeats: int, warmup: int = 2,
 def random_weights(num_users: int, num_items: int, dim: int, *, seed: int = 0,
                    normalization: str = "sqrt_dim") -> Any:
     """`RecommenderWeights` with random normal tables (float32)."""
-    from export.serving_graphs import RecommenderWeights
+    from export.onnx.graphs import RecommenderWeights
     from kmr.layers import NormalizedDotProductSimilarity
 
     rng = np.random.default_rng(seed)
@@ -115,8 +115,8 @@ def random_weights(num_users: int, num_items: int, dim: int, *, seed: int = 0,
 
 def export_onnx(weights: Any, kind: str, k: int, out_dir: Path) -> Path:
     """Builds the ``kind`` serving graph and converts it with the project's export code."""
-    from export.onnx_convert import convert_graph
-    from export.serving_graphs import serving_graph
+    from export.onnx.convert import convert_graph
+    from export.onnx.graphs import serving_graph
 
     out_dir.mkdir(parents=True, exist_ok=True)
     return convert_graph(serving_graph(weights, kind, k), out_dir).path

@@ -1,8 +1,8 @@
 """In-process latency: the serving computation as a Keras/TF ``tf.function`` vs onnxruntime.
 
-Both run the same graph: `export.serving_graphs.serving_graph` builds the ``tf.function``
+Both run the same graph: `export.onnx.graphs.serving_graph` builds the ``tf.function``
 (called directly with the tables as constant tensors, never ``model.predict``), and the
-project's export (`export.onnx_convert.convert_graph`) turns that same function into the
+project's export (`export.onnx.convert.convert_graph`) turns that same function into the
 ``model.onnx`` that onnxruntime runs. Random-weight models, D=64, k=10.
 
 Cases: rerank (B=1 and 64, N=100 candidates) and retrieve (B=1 and 64, 100k and 1M
@@ -57,7 +57,7 @@ def bench_model(kind: str, num_items: int, batches: list[int], repeats: int, fol
     """Times the tf.function and onnxruntime on one exported graph for each batch size."""
     import tensorflow as tf
 
-    from export.serving_graphs import serving_graph
+    from export.onnx.graphs import serving_graph
 
     weights = random_weights(NUM_USERS, num_items, DIM, seed=3)
     graph = serving_graph(weights, kind, K)

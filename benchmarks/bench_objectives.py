@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from export.data import load_interactions
-from export.evaluation import evaluate_ranking, holdout_split, popularity_scorer
-from export.training import TrainSettings, fit_recommender
+from kmr.data.files import load_interactions
+from kmr.training.evaluation import evaluate_ranking, holdout_split, popularity_scorer
+from kmr.training.fit import TrainSettings, fit_recommender
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared/data/movielens-latest-small/ratings.csv"

@@ -1,8 +1,8 @@
 """Served throughput and latency through the real local Triton (gRPC) vs in-process onnxruntime.
 
-One local server (`export.local_triton.LocalTritonServer`, python backend running the
+One local server (`export.triton.local_server.LocalTritonServer`, python backend running the
 exported ``model.onnx`` with onnxruntime) serves four models built with the project's
-export code and `export.triton_config.build_model_config`: rerank (N=100 candidates) and
+export code and `export.triton.config.build_model_config`: rerank (N=100 candidates) and
 retrieve (100k items), each with dynamic batching on (the config default) and off (the
 ``dynamic_batching`` block removed). Every request has batch 1. Load comes from
 perf_analyzer (where it runs; ``scripts/setup_triton.sh --with-perf-analyzer``) and from
@@ -72,8 +72,8 @@ def _requests(kind: str, num_items: int, rng: np.random.Generator) -> list[dict[
 
 def build_repository(repo: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Exports both graphs and writes the batched / unbatched models. Returns model facts."""
-    from export.exporter import PYTHON_BACKEND_FILE
-    from export.triton_config import build_model_config, write_model_config
+    from export.api import PYTHON_BACKEND_FILE
+    from export.triton.config import build_model_config, write_model_config
 
     models: dict[str, dict[str, Any]] = {}
     for kind, num_items in (("rerank", args.rerank_items), ("retrieve", args.retrieve_items)):
@@ -111,7 +111,7 @@ def build_repository(repo: Path, args: argparse.Namespace) -> dict[str, dict[str
 
 
 def _perf_analyzer() -> Path | None:
-    from export.local_triton import find_tritonserver
+    from export.triton.local_server import find_tritonserver
 
     try:
         home = find_tritonserver().home
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     max_requests = 300 if args.quick else 4000
     max_seconds = 3.0 if args.quick else 12.0
     start = machine_info()
-    from export.local_triton import LocalTritonServer
+    from export.triton.local_server import LocalTritonServer
 
     pa = None if args.no_perf_analyzer else _perf_analyzer()
     rng = np.random.default_rng(6)

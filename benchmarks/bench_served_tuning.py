@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
-    from export.exporter import PYTHON_BACKEND_FILE
-    from export.local_triton import LocalTritonServer
-    from export.triton_config import build_model_config, write_model_config
+    from export.api import PYTHON_BACKEND_FILE
+    from export.triton.config import build_model_config, write_model_config
+    from export.triton.local_server import LocalTritonServer
 
     rounds = args.rounds or (1 if args.quick else 3)
     num_items = 5_000 if args.quick else 100_000

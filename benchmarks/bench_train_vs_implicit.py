@@ -29,16 +29,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
-from export.data import load_interactions  # noqa: E402
-from export.evaluation import (  # noqa: E402
+from kmr.data.files import load_interactions  # noqa: E402
+from kmr.data.interactions import Interactions  # noqa: E402
+from kmr.training.evaluation import (  # noqa: E402
     HoldoutSplit,
     RankingMetrics,
     evaluate_ranking,
     holdout_split,
     popularity_scorer,
 )
-from export.interactions import Interactions  # noqa: E402
-from export.training import TrainSettings, embedding_scorer, fit_recommender  # noqa: E402
+from kmr.training.fit import TrainSettings, embedding_scorer, fit_recommender  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared/data/movielens-latest-small/ratings.csv"

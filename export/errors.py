@@ -1,12 +1,8 @@
-"""Errors a user can fix. The CLI prints their message (no traceback) and exits 1."""
+"""Errors of the export side; the user-facing base classes live in `kmr.errors`."""
 
+from kmr.errors import DataError, UserError
 
-class UserError(Exception):
-    """Bad input from the user: a file, a flag, a value. The message says what and why."""
-
-
-class DataError(UserError):
-    """The interactions file cannot be used (missing, empty, bad column or value)."""
+__all__ = ["DataError", "ExportError", "UserError"]
 
 
 class ExportError(UserError):

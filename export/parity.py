@@ -2,11 +2,11 @@
 
 References are computed from the trained model itself: the kmr similarity layer (with
 its normalization option) on rows of the model's own tables, invalid ids masked to
-``-inf`` as the serving contract says (`export.serving_graphs`), then a stable top-k
+``-inf`` as the serving contract says (`export.onnx.graphs`), then a stable top-k
 (ties to the lower position). For valid ids the rerank reference is also checked
 against ``model([user_ids, item_ids])`` directly. Retrieval scores the catalogue in
 chunks with a running top-k, so a 10M-item table is never held whole: the tables may be
-numpy arrays or `export.keras_archive.ArchiveTable` views that read rows on demand.
+numpy arrays or `export.archive.ArchiveTable` views that read rows on demand.
 
 Example:
     >>> import numpy as np
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from export.serving_graphs import RecommenderWeights, as_weights
+from export.onnx.graphs import RecommenderWeights, as_weights
 from kmr import contract
 from kmr.models import recommender_parts
 
@@ -138,7 +138,7 @@ def retrieve_reference(
     The item table is scored in chunks of `_CHUNK_ITEMS` rows and only a running top-k
     per user is kept (merged with each chunk's own top-k under the same total order:
     score descending, then item id ascending), so memory stays at one chunk even for a
-    10M-item table read from the archive (`export.keras_archive.ArchiveTable`).
+    10M-item table read from the archive (`export.archive.ArchiveTable`).
     """
     users, items = _tables(model)
     user_ids = np.asarray(user_ids, np.int64)

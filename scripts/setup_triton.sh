@@ -2,7 +2,7 @@
 # Set up a real, local NVIDIA Triton Inference Server (CPU, python backend) without Docker.
 #
 # Everything comes from PyPI and Debian apt and lands in a cache folder
-# (default: <repo>/.cache/triton, override with KMR_TRITON_HOME):
+# (default: ${XDG_CACHE_HOME:-~/.cache}/kmr-recommender/triton, override with KMR_TRITON_HOME):
 #
 #   downloads/                         the downloaded wheels (cache)
 #   pytriton/tritonserver/bin/tritonserver   Triton 2.51.0 from nvidia-pytriton==0.7.0
@@ -34,7 +34,7 @@ for arg in "$@"; do
 done
 
 PROJECT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-HOME_DIR="${KMR_TRITON_HOME:-$PROJECT/.cache/triton}"
+HOME_DIR="${KMR_TRITON_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/kmr-recommender/triton}"
 DL="$HOME_DIR/downloads"
 SERVER_ROOT="$HOME_DIR/pytriton/tritonserver"
 SERVER_BIN="$SERVER_ROOT/bin/tritonserver"

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from export.local_triton import TritonInstallation, TritonNotInstalledError, find_tritonserver
+from export.triton.local_server import (
+    TritonInstallation,
+    TritonNotInstalledError,
+    find_tritonserver,
+)
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +27,7 @@ def served_stack(triton_home, tmp_path_factory):
     Mode ``none``, bound to 127.0.0.1; fields: urls, repo, model names, artifacts and ONNX
     paths, and one onnxruntime session per graph for reference answers.
     """
-    from tests.served_stack import start_served_stack
+    from tests.support.served_stack import start_served_stack
 
     with start_served_stack(tmp_path_factory.mktemp("served_stack"),
                             installation=triton_home) as stack:

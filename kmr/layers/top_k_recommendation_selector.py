@@ -26,7 +26,7 @@ class TopKRecommendationSelector(keras.layers.Layer):
         >>> import numpy as np
         >>> selector = TopKRecommendationSelector(k=2)
         >>> indices, scores = selector(np.array([[0.1, 0.9, 0.5]], "float32"))
-        >>> indices.numpy().tolist(), scores.numpy().round(2).tolist()
+        >>> indices.numpy().tolist(), np.round(scores.numpy().astype(float), 2).tolist()
         ([[1, 2]], [[0.9, 0.5]])
     """
 

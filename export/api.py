@@ -1,0 +1,523 @@
+"""The export job: trained ``model.keras`` -> checked ONNX graphs -> Triton repository.
+
+Stages (each reported to ``progress`` with its duration): load, convert, check (ONNX
+checker + onnxruntime load), verify parity (against the trained model), publish.
+
+The trained model is never materialised: "load" validates the archive's config.json
+(exactly a kmr recommender, no code run, Keras safe-mode deserialisation of a shrunk
+copy) and opens its weights file; the tables are then streamed in row chunks from the
+archive into the ONNX external data and into the parity references
+(`export.archive`). Peak memory is about the import of TF plus one table's pages
+touched by onnxruntime during the full-catalogue parity run.
+Nothing becomes visible in the repository unless every graph of the export passed every
+stage; with ``graph="both"`` both models are staged first and published last.
+
+Model naming: ``graph="rerank"`` or ``"retrieve"`` publishes one model called ``name``;
+``graph="both"`` publishes ``<name>_rerank`` and ``<name>_retrieve``.
+
+Example:
+    >>> options = ExportOptions(name="recommender", graph="both", k=10)
+    >>> result = export_model("artifacts/model.keras", "model_repository",
+    ...                       options)  # doctest: +SKIP
+    >>> [(m.name, m.version) for m in result.models]  # doctest: +SKIP
+    [('recommender_rerank', 1), ('recommender_retrieve', 1)]
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from export.errors import ExportError
+from export.triton.repository import (
+    MANIFEST_FILE,
+    RepositoryError,
+    StagedVersion,
+    check_model_name,
+    check_writable,
+    clean_stale_staging,
+    existing_versions,
+    model_paths,
+    next_version,
+)
+from kmr import contract
+
+GRAPH_BOTH = "both"
+GRAPH_CHOICES = (*contract.GRAPH_KINDS, GRAPH_BOTH)
+BACKEND_ONNXRUNTIME = "onnxruntime"
+BACKEND_PYTHON = "python"
+BACKENDS = (BACKEND_ONNXRUNTIME, BACKEND_PYTHON)
+PYTHON_BACKEND_FILE = Path(__file__).parent / "triton" / "python_backend" / "model.py"
+_VOCAB_CHECK_MAX_BYTES = 16 << 20  # larger vocabularies are copied without loading them
+
+Progress = Callable[[str, float, str], None]
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """One model version written by an export.
+
+    Attributes:
+        name: Model name in the repository.
+        graph_kind: ``"rerank"`` or ``"retrieve"``.
+        version: Integer version.
+        version_dir: The published version folder.
+        external_data: Whether the weights are in ``model.onnx.data``.
+        parity: The parity figures (see `export.parity.ParityReport`).
+    """
+
+    name: str
+    graph_kind: str
+    version: int
+    version_dir: Path
+    external_data: bool
+    parity: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export_model` published and how long each stage took (seconds)."""
+
+    models: tuple[PublishedModel, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export: which graphs, their k, the backend and Triton serving settings.
+
+    Attributes:
+        name: Model name (``graph="both"`` appends ``_rerank`` / ``_retrieve``).
+        graph: ``"rerank"``, ``"retrieve"`` or ``"both"``.
+        k: Results per request, a constant of the model (``1 <= k <= num_items``).
+        backend: ``"onnxruntime"`` (production) or ``"python"`` (local server).
+        version: Version to write; default one more than the highest existing.
+        force: Replace an existing ``version``.
+        max_batch_size: Triton ``max_batch_size``.
+        max_queue_delay_us: Dynamic batching queue delay.
+        instances: CPU instance count.
+        external_data_threshold_mb: Tables above this many MB (total) are stored as
+            external data; 0 forces external data. Default 64.
+
+    Example:
+        >>> ExportOptions(graph="both", k=20).model_names()
+        [('recommender_rerank', 'rerank'), ('recommender_retrieve', 'retrieve')]
+        >>> ExportOptions(k=0).validate()
+        Traceback (most recent call last):
+        export.errors.ExportError: Invalid k=0: expected a positive int.
+    """
+
+    name: str = "recommender"
+    graph: str = contract.GRAPH_RERANK
+    k: int = 10
+    backend: str = BACKEND_ONNXRUNTIME
+    version: int | None = None
+    force: bool = False
+    max_batch_size: int = 64
+    max_queue_delay_us: int = 100
+    instances: int = 1
+    external_data_threshold_mb: float | None = None
+
+    def validate(self) -> None:
+        """Raises ExportError naming the first bad option and what is allowed."""
+        if self.graph not in GRAPH_CHOICES:
+            raise ExportError(f"Unknown graph {self.graph!r}: expected one of {GRAPH_CHOICES}.")
+        if self.backend not in BACKENDS:
+            raise ExportError(f"Unknown backend {self.backend!r}: expected one of {BACKENDS}.")
+        if not _positive_int(self.k):
+            raise ExportError(f"Invalid k={self.k!r}: expected a positive int.")
+        if self.version is not None and not _positive_int(self.version):
+            raise ExportError(f"Invalid version={self.version!r}: expected a positive int.")
+        mb = self.external_data_threshold_mb
+        if mb is not None and not 0 <= mb <= 1024:
+            raise ExportError(
+                f"Invalid external data threshold {mb!r} MB: expected 0..1024 "
+                "(a protobuf file is limited to 2 GB)."
+            )
+
+    def model_names(self) -> list[tuple[str, str]]:
+        """``(model name, graph kind)`` of every model this export publishes."""
+        if self.graph == GRAPH_BOTH:
+            return [(f"{self.name}_{kind}", kind) for kind in contract.GRAPH_KINDS]
+        return [(self.name, self.graph)]
+
+    def external_threshold_bytes(self) -> int:
+        """The external-data threshold in bytes (default 64 MB)."""
+        mb = 64 if self.external_data_threshold_mb is None else self.external_data_threshold_mb
+        return int(mb * (1 << 20))
+
+    def serving(self) -> dict[str, int]:
+        """The Triton serving settings, as `export.triton.config` takes them."""
+        return dict(max_batch_size=self.max_batch_size,
+                    max_queue_delay_us=self.max_queue_delay_us,
+                    instance_count=self.instances)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclass
+class _Job:
+    """One export in flight: its inputs, options, and the timings gathered so far."""
+
+    archive: Any
+    model_path: Path
+    repo: Path
+    options: ExportOptions
+    progress: Progress
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def report(self, stage: str, key: str, started: float, message: str) -> None:
+        self.timings[key] = time.perf_counter() - started
+        self.progress(stage, self.timings[key], message)
+
+
+def _noop(stage: str, seconds: float, message: str) -> None:
+    pass
+
+
+def open_trained_archive(model_path: str | os.PathLike[str]) -> Any:
+    """Opens a trained ``.keras`` without loading the model; ExportError with the reason if not.
+
+    The archive's ``config.json`` must be exactly a kmr recommender (no code runs; a
+    ``Lambda`` or unknown class is refused) and its weights must match the config; see
+    `export.archive`. Returns the open `export.archive.KerasArchive`.
+    """
+    from export.archive import ArchiveError, open_archive
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise ExportError(f"Model file {str(path)!r} does not exist.")
+    try:
+        return open_archive(path)
+    except (ArchiveError, OSError) as error:
+        raise ExportError(f"Cannot load {str(path)!r} as a Keras model: {error}") from error
+
+
+def _vocabulary_files(model_path: Path, num_users: int, num_items: int) -> list[Path]:
+    from kmr.vocabulary import Vocabulary
+
+    files = []
+    for file_name, size, what in (
+        (contract.USER_VOCAB_FILE, num_users, "users"),
+        (contract.ITEM_VOCAB_FILE, num_items, "items"),
+    ):
+        path = model_path.parent / file_name
+        if not path.is_file():
+            raise ExportError(
+                f"Vocabulary {str(path)!r} is missing: export publishes the vocabularies "
+                f"saved next to {model_path.name}."
+            )
+        if path.stat().st_size <= _VOCAB_CHECK_MAX_BYTES:
+            try:
+                vocab = Vocabulary.load(path)
+            except (ValueError, KeyError, TypeError) as error:
+                raise ExportError(f"Bad vocabulary {str(path)!r}: {error}") from error
+            if len(vocab) != size:
+                raise ExportError(
+                    f"Vocabulary {str(path)!r} has {len(vocab)} ids but the model has "
+                    f"{size} {what}."
+                )
+        files.append(path)
+    return files
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_model(
+    model_path: str | os.PathLike[str],
+    repo: str | os.PathLike[str],
+    options: ExportOptions | None = None,
+    *,
+    progress: Progress = _noop,
+) -> ExportResult:
+    """Exports a trained recommender into a Triton model repository.
+
+    Args:
+        model_path: The trained ``model.keras``; its folder holds the vocabularies.
+        repo: The model repository root (created if missing).
+        options: What to export and how to serve it (default `ExportOptions()`).
+        progress: Called as ``progress(stage, seconds, message)`` after each stage.
+
+    Returns:
+        The published models and stage timings.
+
+    Raises:
+        ExportError: Bad options or input files, a failed check or parity, or an
+            unwritable repository. Nothing is published then.
+
+    Example:
+        >>> export_model("missing.keras", "repo", ExportOptions(k=0))
+        Traceback (most recent call last):
+        export.errors.ExportError: Invalid k=0: expected a positive int.
+    """
+    options = options or ExportOptions()
+    options.validate()
+    model_path = Path(model_path)
+    try:
+        for model_name, _ in options.model_names():
+            check_model_name(model_name)
+        repo = check_writable(repo)
+    except RepositoryError as error:
+        raise ExportError(str(error)) from error
+    plans = _version_plans(repo, options)
+    if options.backend == BACKEND_PYTHON and not PYTHON_BACKEND_FILE.is_file():
+        raise ExportError(f"The python backend file {PYTHON_BACKEND_FILE} is missing.")
+    clean_stale_staging(repo)
+
+    start = time.perf_counter()
+    archive = open_trained_archive(model_path)
+    try:
+        job = _Job(archive, model_path, repo, options, progress)
+        return _export_archive(job, plans, start)
+    finally:
+        archive.close()
+
+
+def _version_plans(repo: Path, options: ExportOptions) -> list[tuple[str, str, int]]:
+    """``(model name, graph kind, version)`` per model; refuses to overwrite unless forced."""
+    plans = []
+    for model_name, kind in options.model_names():
+        v = options.version if options.version is not None else next_version(repo, model_name)
+        if v in existing_versions(repo, model_name) and not options.force:
+            raise ExportError(
+                f"Version {v} of model {model_name!r} already exists in {str(repo)!r}; "
+                "pass --force to replace it or choose another --version."
+            )
+        plans.append((model_name, kind, v))
+    return plans
+
+
+def _export_archive(job: _Job, plans: list[tuple[str, str, int]], start: float) -> ExportResult:
+    """`export_model` after the archive is open: stage every graph, then publish."""
+    archive, k = job.archive, job.options.k
+    if k > archive.num_items:
+        raise ExportError(f"Invalid k={k}: the model has only {archive.num_items} items.")
+    vocab_files = _vocabulary_files(job.model_path, archive.num_users, archive.num_items)
+    # Always run: it is also Keras's own safe_mode deserialisation of the config.
+    keras_cases = _keras_rerank_cases(archive, k)
+    from export.onnx.graphs import RecommenderWeights
+
+    # The tables stay in the archive: they are read in row chunks while being written
+    # to the ONNX files and while the parity references are computed.
+    weights = RecommenderWeights(archive.users, archive.items, archive.similarity_layer())
+    job.report("load", "load", start, f"{job.model_path} ({weights.num_users} users, "
+               f"{weights.num_items} items, D={weights.embedding_dim})")
+
+    staged: list[StagedVersion] = []
+    models: list[PublishedModel] = []
+    try:
+        for model_name, kind, v in plans:
+            staging = StagedVersion(model_paths(job.repo, model_name, v),
+                                    replace=job.options.force)
+            staged.append(staging)
+            models.append(_stage_graph(job, weights, keras_cases, staging, kind, v,
+                                       vocab_files))
+        start = time.perf_counter()
+        for staging in staged:
+            staging.publish()
+    except BaseException as error:
+        for staging in staged:
+            staging.discard()
+        if isinstance(error, ExportError):
+            raise
+        if isinstance(error, (RepositoryError, OSError, RuntimeError, ValueError)):
+            raise ExportError(f"Export failed: {error}") from error
+        raise
+    job.report("publish", "publish", start,
+               ", ".join(f"{m.name} v{m.version} -> {m.version_dir}" for m in models))
+    return ExportResult(tuple(models), job.timings)
+
+
+def _stage_graph(
+    job: _Job,
+    weights: Any,
+    keras_cases: list[tuple],
+    staging: StagedVersion,
+    kind: str,
+    version: int,
+    vocab_files: list[Path],
+) -> PublishedModel:
+    """Converts, checks and verifies one graph into ``staging`` (not yet published)."""
+    from export.triton.config import build_model_config, config_to_text
+
+    options = job.options
+    # Built first: a bad serving option (e.g. instances=0) fails before any conversion.
+    config = build_model_config(
+        name=staging.paths.model_dir.name, graph_kind=kind, backend=options.backend,
+        num_users=weights.num_users, num_items=weights.num_items,
+        embedding_dim=weights.embedding_dim, k=options.k, **options.serving(),
+    )
+    converted, session = _convert_and_check(job, weights, staging, kind)
+    parity = _verify_parity(job, weights, keras_cases, session, kind)
+    session = None  # free the session's copy of the weights before the next graph
+    gc.collect()
+
+    for path in vocab_files:
+        shutil.copyfile(path, staging.dir / path.name)
+    if options.backend == BACKEND_PYTHON:
+        shutil.copyfile(PYTHON_BACKEND_FILE, staging.dir / PYTHON_BACKEND_FILE.name)
+    staging.config_text = config_to_text(config)
+    manifest = _manifest(job, converted, kind, weights, parity)
+    (staging.dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return PublishedModel(staging.paths.model_dir.name, kind, version,
+                          staging.paths.version_dir, converted.external_data, parity)
+
+
+def _convert_and_check(job: _Job, weights: Any, staging: StagedVersion,
+                       kind: str) -> tuple[Any, Any]:
+    """tf2onnx conversion into the staging folder, then onnx.checker + an onnxruntime load."""
+    from export.onnx.convert import ConversionError, convert_graph, load_session
+    from export.onnx.graphs import serving_graph
+
+    start = time.perf_counter()
+    graph = serving_graph(weights, kind, job.options.k)
+    try:
+        converted = convert_graph(graph, staging.dir,
+                                  external_threshold_bytes=job.options.external_threshold_bytes())
+    except ConversionError as error:
+        raise ExportError(str(error)) from error
+    storage = "external data" if converted.external_data else "inline weights"
+    job.report("convert", f"convert_{kind}", start,
+               f"{kind}: {converted.path.name} ({storage})")
+
+    start = time.perf_counter()
+    try:
+        session = load_session(converted.path, prepack=False)  # see load_session
+    except ConversionError as error:
+        raise ExportError(str(error)) from error
+    job.report("check", f"check_{kind}", start, f"{kind}: onnx.checker + onnxruntime load OK")
+    return converted, session
+
+
+def _verify_parity(job: _Job, weights: Any, keras_cases: list[tuple], session: Any,
+                   kind: str) -> dict[str, Any]:
+    """The served graph vs the layers (valid and invalid ids) and vs ``model()``."""
+    from export.parity import check_parity, parity_cases, rerank_reference, retrieve_reference
+
+    k = job.options.k
+    start = time.perf_counter()
+    reference = rerank_reference if kind == contract.GRAPH_RERANK else retrieve_reference
+    names = contract.OUTPUTS[kind]
+
+    def run(case: dict) -> dict:
+        return dict(zip(names, session.run(list(names), case), strict=True))
+
+    def ref(case: dict) -> dict:
+        return reference(weights, *case.values(), k=k)
+
+    cases = parity_cases(kind, weights.num_users, weights.num_items, k)
+    report = check_parity(run, ref, cases)
+    keras_diff = _keras_rerank_diff(keras_cases, run, k) if kind == contract.GRAPH_RERANK else None
+    line = report.summary()
+    if keras_diff is not None:
+        line += f"; vs model(): max |score diff| {keras_diff[0]:.3g}, ids equal: {keras_diff[1]}"
+    job.report("verify parity", f"parity_{kind}", start, f"{kind}: {line}")
+    if not report.passed or (keras_diff is not None and not keras_diff[2]):
+        raise ExportError(f"Parity check failed for the {kind} graph: {line}")
+    parity = asdict(report)
+    if keras_diff is not None:
+        parity["keras_max_abs_score_diff"], parity["keras_ids_equal"] = keras_diff[:2]
+    return parity
+
+
+def _keras_rerank_cases(archive: Any, k: int) -> list[tuple]:
+    """``(users, items, positions, scores)`` from the trained model's ``model([...])``.
+
+    The model is the archive's own config, deserialised by Keras in safe mode with the
+    tables shrunk to the sampled rows (`export.archive.sample_model`), so this
+    costs the same at 10M items as at 100.
+    """
+    import numpy as np
+
+    from export.archive import ArchiveError, sample_model
+    from export.parity import keras_rerank
+
+    rng = np.random.default_rng(1)
+    users = rng.integers(0, archive.num_users, 5).astype(np.int64)
+    cases = []
+    for n in (1, k + 5):
+        items = rng.integers(0, archive.num_items, (5, n)).astype(np.int64)
+        try:
+            model, local_users, local_items = sample_model(archive, users, items)
+        except (ArchiveError, ValueError) as error:
+            raise ExportError(
+                f"Cannot load {str(archive.path)!r} as a Keras model: {error}") from error
+        cases.append((users, items, *keras_rerank(model, local_users, local_items)))
+    return cases
+
+
+def _keras_rerank_diff(cases: list[tuple], run: Callable, k: int) -> tuple[float, bool, bool]:
+    """ONNX vs ``model([...])`` on valid ids: (max |score diff|, ids equal, passed).
+
+    Judged by `export.parity.compare` like the main parity check: onnxruntime may round
+    the scores of a candidate repeated in one request differently, which can swap two
+    exactly tied positions; that is a tie swap, not a failure.
+    """
+    import numpy as np
+
+    from export.parity import compare
+
+    worst, equal, passed = 0.0, True, True
+    for users, items, positions, scores in cases:
+        out = run({contract.USER_ID: users, contract.ITEM_IDS: items})
+        width = min(k, positions.shape[1])  # the saved model's own k may differ from k
+        want = {
+            contract.TOP_ITEM_IDS: np.take_along_axis(items, positions[:, :width], axis=1),
+            contract.TOP_POSITIONS: positions[:, :width],
+            contract.TOP_SCORES: np.asarray(scores[:, :width], np.float32),
+        }
+        diff, same, _, ok = compare({name: out[name][:, :width] for name in want}, want)
+        worst, equal, passed = max(worst, diff), equal and same, passed and ok
+    return worst, equal, passed
+
+
+def _manifest(job: _Job, converted: Any, kind: str, emb: Any,
+              parity: dict) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import tf2onnx
+
+    from export.onnx.convert import OPSET
+
+    model_path, timings = job.model_path, job.timings
+    return {
+        "format": "kmr-export-manifest/1",
+        "source_model": str(model_path.resolve()),
+        "source_model_bytes": model_path.stat().st_size,
+        "graph_kind": kind,
+        "k": job.options.k,
+        "backend": job.options.backend,
+        "num_users": emb.num_users,
+        "num_items": emb.num_items,
+        "embedding_dim": emb.embedding_dim,
+        "onnx_file": converted.path.name,
+        "onnx_sha256": _sha256(converted.path),
+        "external_data_file": contract.ONNX_WEIGHTS_FILE if converted.external_data else None,
+        "external_data_bytes": (
+            (converted.path.parent / contract.ONNX_WEIGHTS_FILE).stat().st_size
+            if converted.external_data else 0
+        ),
+        "opset": OPSET,
+        "parity": parity,
+        "timings_seconds": {key: round(v, 3) for key, v in timings.items()},
+        "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "tools": {"tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": onnxruntime.__version__},
+    }

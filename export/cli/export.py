@@ -1,0 +1,80 @@
+"""``kmr-export export``: a trained model.keras -> ONNX -> Triton model repository.
+
+A thin wrapper over `export.api.export_model`; prints one line per stage with its
+duration, where it wrote, and the parity line.
+
+Example:
+    $ kmr-export export --model artifacts/model.keras --repo model_repository \\
+        --name recommender --graph both --k 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from export.api import BACKENDS, GRAPH_CHOICES  # light: no TensorFlow at import
+from kmr import contract
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the ``export`` options to ``parser``."""
+    parser.add_argument("--model", required=True, help="trained model.keras (vocabularies "
+                        "are read from the same folder)")
+    parser.add_argument("--repo", default="model_repository", help="Triton model repository")
+    parser.add_argument("--name", default="recommender",
+                        help="model name; --graph both writes <name>_rerank and <name>_retrieve")
+    parser.add_argument("--graph", default=contract.GRAPH_RERANK, choices=GRAPH_CHOICES,
+                        help="served graph(s) to export (default: rerank)")
+    parser.add_argument("--k", type=int, default=10, help="results per request (constant)")
+    parser.add_argument("--backend", default="onnxruntime", choices=BACKENDS,
+                        help="onnxruntime (production images) or python (local server)")
+    parser.add_argument("--version", type=int, default=None,
+                        help="version to write (default: next free version)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --version")
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--queue-delay-us", type=int, default=100)
+    parser.add_argument("--instances", type=int, default=1)
+    parser.add_argument("--external-data-threshold-mb", type=float, default=None,
+                        help="weights above this total size go to model.onnx.data "
+                        "(default 64; 0 forces external data)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the export; raises `export.errors.ExportError` on bad input (exit code 1)."""
+    from export.api import ExportOptions, export_model
+
+    started = time.perf_counter()
+
+    def progress(stage: str, seconds: float, message: str) -> None:
+        print(f"[{stage:>13}] {seconds:7.2f} s  {message}", flush=True)
+
+    result = export_model(
+        args.model,
+        args.repo,
+        ExportOptions(
+            name=args.name,
+            graph=args.graph,
+            k=args.k,
+            backend=args.backend,
+            version=args.version,
+            force=args.force,
+            max_batch_size=args.max_batch_size,
+            max_queue_delay_us=args.queue_delay_us,
+            instances=args.instances,
+            external_data_threshold_mb=args.external_data_threshold_mb,
+        ),
+        progress=progress,
+    )
+    for model in result.models:
+        p = model.parity
+        print(
+            f"wrote {model.name} version {model.version} ({model.graph_kind}) -> "
+            f"{model.version_dir}"
+        )
+        print(
+            f"  parity: max |score diff| {p['max_abs_score_diff']:.3g}, "
+            f"top-k ids equal: {'yes' if p['ids_equal'] else 'no'}"
+        )
+    print(f"done in {time.perf_counter() - started:.1f} s")
+    return 0

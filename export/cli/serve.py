@@ -1,0 +1,129 @@
+"""``kmr-export serve``: run the local tritonserver on a model repository until stopped.
+
+Binds 127.0.0.1 unless ``--host`` says otherwise, model control mode ``none`` unless asked,
+waits until every model is ready, prints the endpoints, and stops the server cleanly on
+Ctrl-C or SIGTERM. A model that fails to load ends the command with the server's own error.
+
+With ``--grpc-tls-cert`` and ``--grpc-tls-key`` the gRPC endpoint speaks TLS only (Triton's
+``--grpc-use-ssl``); adding ``--grpc-tls-root-cert`` requires client certificates signed by
+that CA (mutual TLS). HTTP and metrics stay plaintext: keep them on loopback.
+
+Example:
+    $ kmr-export serve --repo model_repository --grpc-port 8001
+    $ kmr-export serve --host 0.0.0.0 --grpc-tls-cert server.crt --grpc-tls-key server.key
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from export.errors import UserError
+from export.triton.local_server import (
+    MODEL_CONTROL_MODES,
+    GrpcTls,
+    LocalTritonServer,
+    TritonServerError,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=Path("model_repository"),
+        help="model repository folder (default: model_repository)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; see README before exposing)",
+    )
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--model-control-mode", choices=MODEL_CONTROL_MODES, default="none")
+    parser.add_argument(
+        "--poll-secs",
+        type=int,
+        default=None,
+        help="repository poll interval for --model-control-mode poll",
+    )
+    parser.add_argument("--log", type=Path, default=None, help="server log file")
+    parser.add_argument("--startup-timeout", type=float, default=120.0)
+    tls = parser.add_argument_group("gRPC TLS (HTTP and metrics stay plaintext)")
+    tls.add_argument("--grpc-tls-cert", type=Path, default=None, metavar="PEM",
+                     help="server certificate: turns on TLS for gRPC (with --grpc-tls-key)")
+    tls.add_argument("--grpc-tls-key", type=Path, default=None, metavar="PEM",
+                     help="private key of --grpc-tls-cert")
+    tls.add_argument("--grpc-tls-root-cert", type=Path, default=None, metavar="PEM",
+                     help="CA of client certificates: require them (mutual TLS)")
+
+
+def grpc_tls_of(args: argparse.Namespace) -> GrpcTls | None:
+    """The `GrpcTls` the ``--grpc-tls-*`` flags ask for (None: plaintext gRPC).
+
+    Raises:
+        UserError: Only one of cert/key, a root cert without them, or a missing file.
+    """
+    cert, key, root = args.grpc_tls_cert, args.grpc_tls_key, args.grpc_tls_root_cert
+    if cert is None and key is None and root is None:
+        return None
+    if cert is None or key is None:
+        raise UserError("gRPC TLS needs both --grpc-tls-cert and --grpc-tls-key")
+    try:
+        return GrpcTls(cert, key, root)
+    except FileNotFoundError as error:
+        raise UserError(str(error)) from error
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.repo.is_dir():
+        raise UserError(f"model repository not found: {args.repo} (export a model first)")
+    if args.model_control_mode == "poll" and not args.poll_secs:
+        args.poll_secs = 5
+    grpc_tls = grpc_tls_of(args)
+    try:
+        server = _server(args, grpc_tls)
+    except TritonServerError as error:  # e.g. not set up: the message says what to run
+        raise UserError(str(error)) from error
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server.start()
+        seconds = server.wait_until_ready()
+    except TritonServerError as error:
+        server.stop()
+        raise UserError(str(error)) from error
+    print(f"tritonserver ready in {seconds:.1f} s (pid {server.pid})")
+    tls = "" if grpc_tls is None else (" (mutual TLS)" if grpc_tls.mutual else " (TLS)")
+    print(f"  gRPC     {server.grpc_url}{tls}")
+    print(f"  HTTP     {server.http_url}")
+    print(f"  metrics  {server.metrics_url}")
+    print("Ctrl-C or SIGTERM stops it.", flush=True)
+    try:
+        while not stop.wait(0.5):
+            if not server.is_running():
+                raise UserError("tritonserver exited:\n" + server.log_text()[-2000:])
+    finally:
+        seconds = server.stop()
+        print(f"tritonserver stopped in {seconds:.1f} s")
+    return 0
+
+
+def _server(args: argparse.Namespace, grpc_tls: GrpcTls | None) -> LocalTritonServer:
+    return LocalTritonServer(
+        args.repo,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        model_control_mode=args.model_control_mode,
+        repository_poll_secs=args.poll_secs,
+        log_path=args.log,
+        startup_timeout=args.startup_timeout,
+        grpc_tls=grpc_tls,
+    )

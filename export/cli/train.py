@@ -1,0 +1,140 @@
+"""``kmr-export train``: interactions file (or synthetic data) -> trained, evaluated model.
+
+A thin wrapper over `kmr.data.files.load_interactions` / `kmr.data.synthetic.make_synthetic`
+and `kmr.training.fit.train_recommender`.
+
+Example:
+    $ kmr-export train --out artifacts --epochs 5
+    $ kmr-export train --data ratings.csv --out artifacts --epochs 20 --dim 64
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from export.errors import UserError
+from kmr.training.settings import OBJECTIVES, TrainSettings, with_overrides
+
+_DEFAULTS = TrainSettings()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the ``train`` flags to ``parser``."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", help="interactions CSV/TSV (default: built-in synthetic data)")
+    data.add_argument("--sep", help="field separator (default: detected; use '\\t' for tab)")
+    header = data.add_mutually_exclusive_group()
+    header.add_argument("--header", dest="header", action="store_true", default=None,
+                        help="line 1 names the columns")
+    header.add_argument("--no-header", dest="header", action="store_false",
+                        help="line 1 is data")
+    data.add_argument("--user-col", help="user column name or 0-based position")
+    data.add_argument("--item-col", help="item column name or 0-based position")
+    data.add_argument("--rating-col", help="rating column name or 0-based position")
+    data.add_argument("--timestamp-col", help="timestamp column name or 0-based position")
+    data.add_argument("--rating-threshold", type=float, default=4.0,
+                      help="ratings >= this are positives (default: 4)")
+    synth = parser.add_argument_group("synthetic data (when --data is not given)")
+    synth.add_argument("--synthetic-users", type=int, default=2000)
+    synth.add_argument("--synthetic-items", type=int, default=1000)
+    synth.add_argument("--synthetic-rank", type=int, default=8)
+    synth.add_argument("--synthetic-interactions", type=int, default=20,
+                       help="positives per synthetic user")
+    model = parser.add_argument_group("model and training")
+    model.add_argument("--out", required=True, help="artifacts folder to write")
+    d = _DEFAULTS
+    model.add_argument("--epochs", type=int, help=f"default {d.epochs}")
+    model.add_argument("--dim", type=int, dest="embedding_dim",
+                       help=f"embedding width D (default {d.embedding_dim})")
+    model.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
+    model.add_argument("--lr", type=float, dest="learning_rate",
+                       help=f"Adam learning rate (default {d.learning_rate})")
+    model.add_argument("--l2", type=float, dest="l2_reg",
+                       help=f"L2 on looked-up embedding rows (default {d.l2_reg})")
+    model.add_argument("--temperature", type=float,
+                       help=f"logits = similarity / temperature (default {d.temperature})")
+    model.add_argument("--objective", choices=("auto", *OBJECTIVES),
+                       help=f"default {d.objective}; auto = full softmax up to "
+                       f"{d.full_softmax_max_items} items, sampled softmax above")
+    model.add_argument("--k", type=int,
+                       help=f"top-k of the saved model and the metrics (default {d.k})")
+    model.add_argument("--seed", type=int, help=f"default {d.seed}")
+    model.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Loads the data, trains, evaluates and writes ``--out``; returns the exit code."""
+    from kmr.training.artifacts import check_output_dir
+
+    settings = settings_from_args(args)
+    check_output_dir(args.out)  # before reading gigabytes or training
+    data = _load(args, settings.seed)
+
+    from kmr.training.fit import train_recommender
+
+    result = train_recommender(data, settings, args.out, verbose=0 if args.quiet else 1)
+    if not args.quiet:
+        print(f"wrote {result.output_dir}")
+    return 0
+
+
+# Settings a command line may override -> the flag that sets it (absent attributes of
+# ``args`` are left at their defaults, so `demo`, which has only some flags, shares this).
+_FLAGS = {
+    "epochs": "--epochs",
+    "embedding_dim": "--dim",
+    "batch_size": "--batch-size",
+    "learning_rate": "--lr",
+    "l2_reg": "--l2",
+    "temperature": "--temperature",
+    "objective": "--objective",
+    "k": "--k",
+    "seed": "--seed",
+}
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    """`TrainSettings` with the flags given in ``args``; UserError naming a bad flag."""
+
+    given = {name: getattr(args, name, None) for name in _FLAGS}
+    for name, value in given.items():
+        if value is None or name in ("objective", "seed"):
+            continue
+        if name in ("epochs", "embedding_dim", "batch_size", "k"):
+            ok, expected = value >= 1, ">= 1"
+        elif name == "l2_reg":
+            ok, expected = value >= 0, ">= 0"
+        else:
+            ok, expected = value > 0, "> 0"
+        if not ok:  # also refuses NaN
+            raise UserError(f"{_FLAGS[name]} must be {expected}, got {value}.")
+    return with_overrides(TrainSettings(), **given)
+
+
+def _load(args: argparse.Namespace, seed: int):
+    if args.data is None:
+        from kmr.data.synthetic import make_synthetic
+
+        try:
+            return make_synthetic(
+                args.synthetic_users,
+                args.synthetic_items,
+                args.synthetic_rank,
+                args.synthetic_interactions,
+                seed=seed,
+            )
+        except ValueError as error:
+            raise UserError(f"synthetic data: {error}") from error
+    from kmr.data.files import load_interactions
+
+    sep = args.sep.replace("\\t", "\t") if args.sep else None  # typed backslash-t: tab
+    return load_interactions(
+        args.data,
+        sep=sep,
+        header=args.header,
+        user_col=args.user_col,
+        item_col=args.item_col,
+        rating_col=args.rating_col,
+        timestamp_col=args.timestamp_col,
+        rating_threshold=args.rating_threshold,
+    )

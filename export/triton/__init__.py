@@ -1,0 +1,1 @@
+"""Triton: model config, repository publishing, the local tritonserver, the python backend."""

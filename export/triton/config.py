@@ -1,0 +1,295 @@
+"""Build, write and read a served model's ``config.pbtxt`` from Triton's protobuf message.
+
+The configuration is always a ``tritonclient.grpc.model_config_pb2.ModelConfig`` message,
+serialized with ``google.protobuf.text_format`` (never string templates), so what we write
+is exactly what Triton parses. Tensor names and parameter keys come from
+:mod:`kmr.contract`.
+
+Two backends:
+
+* ``"onnxruntime"`` (production default): ``platform: "onnxruntime_onnx"``,
+  ``backend: "onnxruntime"``, ``default_model_filename: "model.onnx"``.
+* ``"python"`` (the local server, see :mod:`export.triton.local_server`): ``backend: "python"``
+  running ``export/triton/python_backend/model.py``, which loads the same ``model.onnx`` with
+  onnxruntime. Its variable-length inputs are ``allow_ragged_batch`` so requests with
+  different candidate counts share one execution (``model.py`` pads them with -1).
+
+Example:
+    >>> from export.triton.config import build_model_config, model_parameters
+    >>> cfg = build_model_config(name="mf", graph_kind="rerank", backend="python",
+    ...                          num_users=10, num_items=20, embedding_dim=4, k=5)
+    >>> model_parameters(cfg)["k"]
+    5
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from kmr import contract
+
+BACKEND_ONNXRUNTIME = "onnxruntime"
+BACKEND_PYTHON = "python"
+BACKENDS = (BACKEND_ONNXRUNTIME, BACKEND_PYTHON)
+ONNX_PLATFORM = "onnxruntime_onnx"
+CONFIG_FILE = contract.TRITON_CONFIG_FILE
+
+# Python backend only: onnxruntime intra-op threads (model.py reads the same key).
+PARAM_INTRA_OP_THREADS = "intra_op_num_threads"
+
+# Warm-up candidate count for rerank (a concrete dims; all-zero ids are valid ids).
+_WARMUP_CANDIDATES = 8
+
+_INT_PARAMS = (
+    contract.PARAM_NUM_USERS,
+    contract.PARAM_NUM_ITEMS,
+    contract.PARAM_EMBEDDING_DIM,
+    contract.PARAM_K,
+    contract.PARAM_MAX_CANDIDATES,
+    contract.PARAM_MAX_EXCLUDE,
+    PARAM_INTRA_OP_THREADS,
+)
+
+
+def _check_positive(**values: int) -> None:
+    for arg, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"Invalid value received for argument `{arg}`. Expected a positive int. "
+                f"Received: {arg}={value!r}"
+            )
+
+
+def _add_input(
+    config: mc.ModelConfig,
+    name: str,
+    dims: Sequence[int],
+    *,
+    scalar: bool = False,
+    optional: bool = False,
+    ragged: bool = False,
+) -> None:
+    tensor = config.input.add(name=name, data_type=mc.TYPE_INT64, dims=list(dims))
+    if scalar:
+        # Per-request dims [1] reshaped to [] so the model sees a [B] tensor.
+        tensor.reshape.SetInParent()
+    tensor.optional = optional
+    tensor.allow_ragged_batch = ragged
+
+
+def _check_config_args(graph_kind: str, backend: str, max_queue_delay_us: int,
+                       preferred_batch_sizes: Sequence[int] | None, *, max_batch_size: int,
+                       **positive: int) -> None:
+    """ValueError naming the first bad argument of `build_model_config`."""
+    if graph_kind not in contract.GRAPH_KINDS:
+        raise ValueError(
+            f"Invalid value received for argument `graph_kind`. Expected one of "
+            f"{contract.GRAPH_KINDS}. Received: graph_kind={graph_kind!r}"
+        )
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"Invalid value received for argument `backend`. Expected one of {BACKENDS}. "
+            f"Received: backend={backend!r}"
+        )
+    _check_positive(max_batch_size=max_batch_size, **positive)
+    if max_queue_delay_us < 0:
+        raise ValueError(
+            "Invalid value received for argument `max_queue_delay_us`. Expected an int "
+            f">= 0. Received: max_queue_delay_us={max_queue_delay_us!r}"
+        )
+    for size in preferred_batch_sizes or ():
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= max_batch_size:
+            raise ValueError(
+                "Invalid value received for argument `preferred_batch_sizes`. Expected ints "
+                f"in [1, max_batch_size={max_batch_size}]. Received: "
+                f"preferred_batch_sizes={list(preferred_batch_sizes)!r}"
+            )
+
+
+def _add_inputs_with_warmup(config: mc.ModelConfig, graph_kind: str, python: bool,
+                            max_candidates: int) -> None:
+    """The graph's inputs in contract order, and one warm-up request with valid ids."""
+    _add_input(config, contract.USER_ID, [1], scalar=True)
+    warmup = config.model_warmup.add(name=f"{graph_kind}_valid_ids", batch_size=1, count=1)
+    warmup.inputs[contract.USER_ID].CopyFrom(
+        mc.ModelWarmup.Input(data_type=mc.TYPE_INT64, dims=[1], zero_data=True)
+    )
+    if graph_kind == contract.GRAPH_RERANK:
+        _add_input(config, contract.ITEM_IDS, [-1], ragged=python)
+        warmup_dims = [min(_WARMUP_CANDIDATES, max_candidates)]
+        warmup.inputs[contract.ITEM_IDS].CopyFrom(
+            mc.ModelWarmup.Input(data_type=mc.TYPE_INT64, dims=warmup_dims, zero_data=True)
+        )
+    else:
+        # Optional only where model.py fills it in: the ONNX graph itself requires it.
+        _add_input(config, contract.EXCLUDE_ITEM_IDS, [-1], optional=python, ragged=python)
+        warmup.inputs[contract.EXCLUDE_ITEM_IDS].CopyFrom(
+            mc.ModelWarmup.Input(data_type=mc.TYPE_INT64, dims=[1], zero_data=True)
+        )
+
+
+def build_model_config(
+    *,
+    name: str,
+    graph_kind: str,
+    backend: str = BACKEND_ONNXRUNTIME,
+    num_users: int,
+    num_items: int,
+    embedding_dim: int,
+    k: int,
+    max_batch_size: int = 64,
+    max_queue_delay_us: int = 100,
+    instance_count: int = 1,
+    max_candidates: int = contract.DEFAULT_MAX_CANDIDATES,
+    max_exclude: int = contract.DEFAULT_MAX_EXCLUDE,
+    preferred_batch_sizes: Sequence[int] | None = None,
+    intra_op_threads: int = 1,
+) -> mc.ModelConfig:
+    """Builds the ``ModelConfig`` of one served graph.
+
+    Inputs and outputs follow :data:`kmr.contract.INPUTS` / :data:`kmr.contract.OUTPUTS`
+    in that order (``model.py`` relies on the order: the user input comes first).
+
+    Args:
+        name: Model name (the folder name in the repository).
+        graph_kind: ``contract.GRAPH_RERANK`` or ``contract.GRAPH_RETRIEVE``.
+        backend: ``"onnxruntime"`` (production) or ``"python"`` (local server).
+        num_users: Rows of the user table; valid user ids are ``[0, num_users)``.
+        num_items: Rows of the item table; valid item ids are ``[0, num_items)``.
+        embedding_dim: Embedding width (recorded for clients).
+        k: Constant number of results per request.
+        max_batch_size: Largest batch Triton forms.
+        max_queue_delay_us: Dynamic batching queue delay in microseconds.
+        instance_count: Number of CPU instances.
+        max_candidates: Most candidates a rerank request may send.
+        max_exclude: Most exclude ids a retrieve request may send.
+        preferred_batch_sizes: Optional dynamic batching preferred sizes.
+        intra_op_threads: onnxruntime intra-op threads (python backend only).
+
+    Returns:
+        The configuration message.
+
+    Raises:
+        ValueError: On an unknown graph kind or backend, or a non-positive size.
+
+    Example:
+        >>> cfg = build_model_config(name="mf", graph_kind="retrieve", num_users=3,
+        ...                          num_items=9, embedding_dim=2, k=4)
+        >>> [t.name for t in cfg.output]
+        ['top_item_ids', 'top_scores']
+    """
+    _check_config_args(graph_kind, backend, max_queue_delay_us, preferred_batch_sizes,
+                       max_batch_size=max_batch_size, num_users=num_users,
+                       num_items=num_items, embedding_dim=embedding_dim, k=k,
+                       instance_count=instance_count, max_candidates=max_candidates,
+                       max_exclude=max_exclude, intra_op_threads=intra_op_threads)
+    python = backend == BACKEND_PYTHON
+    config = mc.ModelConfig(name=name, max_batch_size=max_batch_size)
+    if python:
+        config.backend = BACKEND_PYTHON
+    else:
+        config.platform = ONNX_PLATFORM
+        config.backend = BACKEND_ONNXRUNTIME
+        config.default_model_filename = contract.ONNX_FILE
+
+    _add_inputs_with_warmup(config, graph_kind, python, max_candidates)
+    for out in contract.OUTPUTS[graph_kind]:
+        dtype = mc.TYPE_FP32 if out == contract.TOP_SCORES else mc.TYPE_INT64
+        config.output.add(name=out, data_type=dtype, dims=[k])
+    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    if preferred_batch_sizes:
+        config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes)
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instance_count)
+    params: dict[str, Any] = {
+        contract.PARAM_GRAPH_KIND: graph_kind,
+        contract.PARAM_NUM_USERS: num_users,
+        contract.PARAM_NUM_ITEMS: num_items,
+        contract.PARAM_EMBEDDING_DIM: embedding_dim,
+        contract.PARAM_K: k,
+        contract.PARAM_MAX_CANDIDATES: max_candidates,
+        contract.PARAM_MAX_EXCLUDE: max_exclude,
+        contract.PARAM_USER_VOCAB: contract.USER_VOCAB_FILE,
+        contract.PARAM_ITEM_VOCAB: contract.ITEM_VOCAB_FILE,
+    }
+    if python:
+        params[PARAM_INTRA_OP_THREADS] = intra_op_threads
+    for key, value in params.items():
+        config.parameters[key].string_value = str(value)
+    return config
+
+
+def config_to_text(config: mc.ModelConfig) -> str:
+    """Serializes a config to ``config.pbtxt`` text (protobuf text format)."""
+    return text_format.MessageToString(config)
+
+
+def config_from_text(text: str) -> mc.ModelConfig:
+    """Parses ``config.pbtxt`` text into a ``ModelConfig`` (raises ``ParseError``)."""
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def write_model_config(path: str | Path, config: mc.ModelConfig) -> Path:
+    """Writes ``config`` as text to ``path``.
+
+    Args:
+        path: A ``config.pbtxt`` file path, or a model folder (``config.pbtxt`` is added).
+        config: The configuration message.
+
+    Returns:
+        The file written.
+
+    Example:
+        >>> import tempfile
+        >>> cfg = build_model_config(name="mf", graph_kind="rerank", num_users=3,
+        ...                          num_items=9, embedding_dim=2, k=4)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     write_model_config(folder, cfg).name
+        'config.pbtxt'
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_to_text(config), encoding="utf-8")
+    return path
+
+
+def read_model_config(path: str | Path) -> mc.ModelConfig:
+    """Reads a ``config.pbtxt`` file (or a model folder holding one) into a ``ModelConfig``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    return config_from_text(path.read_text(encoding="utf-8"))
+
+
+def model_parameters(config: mc.ModelConfig) -> dict[str, Any]:
+    """Returns the config's ``parameters`` as typed values.
+
+    Known integer keys (``num_users``, ``k``, ...) become ``int``; every other value stays
+    a ``str``.
+
+    Example:
+        >>> cfg = build_model_config(name="mf", graph_kind="rerank", num_users=3,
+        ...                          num_items=9, embedding_dim=2, k=4)
+        >>> facts = model_parameters(cfg)
+        >>> facts["graph_kind"], facts["num_items"], facts["k"]
+        ('rerank', 9, 4)
+    """
+    out: dict[str, Any] = {}
+    for key, param in config.parameters.items():
+        value = param.string_value
+        if key in _INT_PARAMS:
+            try:
+                out[key] = int(value)
+            except ValueError as e:
+                raise ValueError(
+                    f"Model config parameter `{key}` must be an integer. Received: {value!r}"
+                ) from e
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,245 @@
+"""Triton python-backend model that serves ``model.onnx`` with onnxruntime (CPU).
+
+Static and self-contained: it runs inside the python-backend stub's own Python env, where
+our packages are not installed, so it imports only numpy, onnxruntime, json, os and
+``triton_python_backend_utils``. Copy it next to a version folder's ``model.onnx``::
+
+    <repository>/<name>/config.pbtxt          (export/triton/config.py, backend "python")
+    <repository>/<name>/<version>/model.py     (this file)
+    <repository>/<name>/<version>/model.onnx
+
+Everything it needs comes from ``args["model_config"]``: input names in contract order
+(the user input first, then the id list), output names and dtypes, and the
+``parameters`` ``graph_kind``, ``num_users``, ``num_items``, ``k``, ``max_candidates``,
+``max_exclude`` and ``intra_op_num_threads``.
+
+``execute`` validates every request on its own; a bad request gets its own error response
+naming the offending value and the allowed range, while the good requests of the same
+call are padded with -1 to a common width (the graph maps -1 candidates to id -1 and score
+-inf, so padding never changes an answer), run as ONE onnxruntime batch, and split back in
+order. Request content is only ever read as numeric arrays.
+
+numpy 2 inside the stub corrupts tensors exchanged through ``as_numpy``; the stub env
+uses numpy<2, and under numpy>=2 this module switches to DLPack in both directions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+# Parameter keys: same strings as kmr.contract.PARAM_* (this file cannot import kmr;
+# tests/e2e/test_local_triton.py checks that they agree).
+PARAM_GRAPH_KIND = "graph_kind"
+PARAM_NUM_USERS = "num_users"
+PARAM_NUM_ITEMS = "num_items"
+PARAM_K = "k"
+PARAM_MAX_CANDIDATES = "max_candidates"
+PARAM_MAX_EXCLUDE = "max_exclude"
+PARAM_INTRA_OP_THREADS = "intra_op_num_threads"
+PARAM_ONNX_FILE = "onnx_file"
+GRAPH_RERANK = "rerank"
+GRAPH_RETRIEVE = "retrieve"
+DEFAULT_ONNX_FILE = "model.onnx"
+PAD_ID = -1
+
+_USE_DLPACK = int(np.__version__.split(".")[0]) >= 2
+
+
+class RequestError(ValueError):
+    """A single request is invalid; its message is returned to that request's client."""
+
+
+def _to_numpy(tensor) -> np.ndarray:
+    if _USE_DLPACK:
+        return np.from_dlpack(tensor)
+    return tensor.as_numpy()
+
+
+def _to_triton(name: str, array: np.ndarray):
+    array = np.ascontiguousarray(array)
+    if _USE_DLPACK:
+        return pb_utils.Tensor.from_dlpack(name, array)
+    return pb_utils.Tensor(name, array)
+
+
+def _int_param(params: dict, key: str, default: int | None = None) -> int:
+    raw = params.get(key, {}).get("string_value")
+    if raw is None:
+        if default is None:
+            raise ValueError(f"model config parameter '{key}' is missing")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(
+            f"model config parameter '{key}' must be an integer, received {raw!r}"
+        ) from None
+
+
+def _check_range(name: str, values: np.ndarray, low: int, high: int) -> None:
+    """Raises RequestError naming the first value outside [low, high)."""
+    bad = (values < low) | (values >= high)
+    if bad.any():
+        value = int(values[bad][0])
+        raise RequestError(
+            f"{name} value {value} is out of range: expected an integer in [{low}, {high})"
+        )
+
+
+def _request_error(message: str):
+    """A per-request error with status INVALID_ARGUMENT (the caller's fault, not ours).
+
+    Without a code the python backend answers INTERNAL, which reads as a server fault to
+    clients, retry policies and alerting.
+    """
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    if code is None:  # stubs older than the TritonError codes
+        return pb_utils.TritonError(message)
+    return pb_utils.TritonError(message, code)
+
+
+class TritonPythonModel:
+    """Runs the exported ONNX graph for Triton's python backend."""
+
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = config.get("parameters", {})
+        self.graph_kind = params.get(PARAM_GRAPH_KIND, {}).get("string_value", "")
+        if self.graph_kind not in (GRAPH_RERANK, GRAPH_RETRIEVE):
+            raise ValueError(
+                f"model config parameter '{PARAM_GRAPH_KIND}' must be '{GRAPH_RERANK}' or "
+                f"'{GRAPH_RETRIEVE}', received {self.graph_kind!r}"
+            )
+        self.num_users = _int_param(params, PARAM_NUM_USERS)
+        self.num_items = _int_param(params, PARAM_NUM_ITEMS)
+        self.k = _int_param(params, PARAM_K)
+        self.max_candidates = _int_param(params, PARAM_MAX_CANDIDATES, 10_000)
+        self.max_exclude = _int_param(params, PARAM_MAX_EXCLUDE, 10_000)
+        threads = _int_param(params, PARAM_INTRA_OP_THREADS, 1)
+
+        inputs = config["input"]
+        if len(inputs) != 2:
+            raise ValueError(f"expected 2 inputs in the model config, found {len(inputs)}")
+        self.user_name = inputs[0]["name"]
+        self.list_name = inputs[1]["name"]
+        self.outputs = [
+            (out["name"], pb_utils.triton_string_to_numpy(out["data_type"]))
+            for out in config["output"]
+        ]
+
+        onnx_file = params.get(PARAM_ONNX_FILE, {}).get("string_value") or DEFAULT_ONNX_FILE
+        path = os.path.join(args["model_repository"], str(args["model_version"]), onnx_file)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            path, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        graph_inputs = {i.name for i in self.session.get_inputs()}
+        for name in (self.user_name, self.list_name):
+            if name not in graph_inputs:
+                raise ValueError(
+                    f"input '{name}' of the model config is not an input of {path}; "
+                    f"the graph has {sorted(graph_inputs)}"
+                )
+        self.output_names = [name for name, _ in self.outputs]
+
+    def _parse(self, request) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (users [b], id list [b, n]) of one request or raises RequestError."""
+        user_tensor = pb_utils.get_input_tensor_by_name(request, self.user_name)
+        if user_tensor is None:
+            raise RequestError(f"input '{self.user_name}' is missing")
+        users = _to_numpy(user_tensor)
+        if users.ndim == 2 and users.shape[1] == 1:
+            users = users[:, 0]
+        if users.ndim != 1 or users.shape[0] < 1:
+            raise RequestError(
+                f"input '{self.user_name}' must have shape [batch] (or [batch, 1]); "
+                f"received shape {list(users.shape)}"
+            )
+        if users.dtype.kind not in "iu":
+            raise RequestError(f"input '{self.user_name}' must be INT64, received {users.dtype}")
+        users = users.astype(np.int64, copy=False)
+        _check_range(self.user_name, users, 0, self.num_users)
+        batch = users.shape[0]
+
+        list_tensor = pb_utils.get_input_tensor_by_name(request, self.list_name)
+        rerank = self.graph_kind == GRAPH_RERANK
+        if list_tensor is None:
+            if rerank:
+                raise RequestError(f"input '{self.list_name}' is missing")
+            return users, np.full((batch, 0), PAD_ID, dtype=np.int64)
+        ids = _to_numpy(list_tensor)
+        if ids.ndim != 2 or ids.shape[0] != batch:
+            raise RequestError(
+                f"input '{self.list_name}' must have shape [batch={batch}, n]; "
+                f"received shape {list(ids.shape)}"
+            )
+        if ids.dtype.kind not in "iu":
+            raise RequestError(f"input '{self.list_name}' must be INT64, received {ids.dtype}")
+        ids = ids.astype(np.int64, copy=False)
+        count = ids.shape[1]
+        if rerank:
+            if not 1 <= count <= self.max_candidates:
+                raise RequestError(
+                    f"input '{self.list_name}' has {count} candidates: expected between 1 "
+                    f"and {self.max_candidates}"
+                )
+            _check_range(self.list_name, ids, 0, self.num_items)
+        else:
+            if count > self.max_exclude:
+                raise RequestError(
+                    f"input '{self.list_name}' has {count} ids: expected at most {self.max_exclude}"
+                )
+            _check_range(self.list_name, ids, PAD_ID, self.num_items)
+        return users, ids
+
+    def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        good: list[tuple[int, np.ndarray, np.ndarray]] = []
+        for index, request in enumerate(requests):
+            try:
+                users, ids = self._parse(request)
+            except RequestError as e:
+                responses[index] = pb_utils.InferenceResponse(error=_request_error(str(e)))
+                continue
+            good.append((index, users, ids))
+        if not good:
+            return responses
+
+        rows = sum(users.shape[0] for _, users, _ in good)
+        width = max(1, max(ids.shape[1] for _, _, ids in good))
+        user_batch = np.concatenate([users for _, users, _ in good])
+        id_batch = np.full((rows, width), PAD_ID, dtype=np.int64)
+        row = 0
+        for _, users, ids in good:
+            id_batch[row : row + ids.shape[0], : ids.shape[1]] = ids
+            row += users.shape[0]
+        try:
+            results = self.session.run(
+                self.output_names, {self.user_name: user_batch, self.list_name: id_batch}
+            )
+        except Exception as e:  # noqa: BLE001  (every good request gets the failure)
+            error = pb_utils.TritonError(f"onnxruntime failed on a batch of {rows} rows: {e}")
+            for index, _, _ in good:
+                responses[index] = pb_utils.InferenceResponse(error=error)
+            return responses
+
+        row = 0
+        for index, users, _ in good:
+            end = row + users.shape[0]
+            tensors = [
+                _to_triton(name, result[row:end].astype(dtype, copy=False))
+                for (name, dtype), result in zip(self.outputs, results, strict=True)
+            ]
+            responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+            row = end
+        return responses
+
+    def finalize(self) -> None:
+        self.session = None

@@ -1,0 +1,1 @@
+"""Interaction data: reading interaction files, the in-memory form, synthetic data."""

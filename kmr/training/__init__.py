@@ -1,0 +1,1 @@
+"""Training: settings, objectives, the fit loop, evaluation, and the saved artifacts."""
