@@ -19,6 +19,11 @@ Async (gRPC): ``client.aio.AsyncRecommenderClient`` has the same methods as coro
 TLS and headers: the clients' ``ssl``, ``root_certificates``, ``private_key``,
 ``certificate_chain`` and ``headers`` options (validated by ``ConnectionOptions``).
 Errors: everything raised is a ``client.RecommenderError``; see ``client.errors``.
+Retries: UNAVAILABLE only, with jittered exponential backoff, within a deadline per call
+(default ``2 * timeout``); see ``client.RetryPolicy``.
+Threads: ``RecommenderClient`` and ``ModelAdmin`` over gRPC may be shared by threads; over
+HTTP make one per thread (tritonclient's HTTP client is not thread-safe). An
+``AsyncRecommenderClient`` belongs to the event loop it is first used in.
 """
 
 from client._codec import Recommendations
@@ -27,12 +32,14 @@ from client._transport import ConnectionOptions
 from client.admin import ModelAdmin, ModelStatus
 from client.aio import AsyncRecommenderClient
 from client.errors import (
+    AuthenticationError,
     InferenceError,
     InvalidRequestError,
     ModelContractError,
     ModelNotFoundError,
     RecommenderError,
     ServerUnavailableError,
+    TlsHandshakeError,
     UnknownRawIdError,
 )
 from client.model_info import ModelInfo, TensorSpec, normalize_config, parse_model_info
@@ -41,6 +48,7 @@ from client.vocabularies import Vocabularies, load_vocabularies
 
 __all__ = [
     "AsyncRecommenderClient",
+    "AuthenticationError",
     "ClientStats",
     "ConnectionOptions",
     "InferenceError",
@@ -56,6 +64,7 @@ __all__ = [
     "RetryPolicy",
     "ServerUnavailableError",
     "TensorSpec",
+    "TlsHandshakeError",
     "UnknownRawIdError",
     "Vocabularies",
     "load_vocabularies",

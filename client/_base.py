@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.message import Message
 
 from client._codec import Plan, plan_recommend, plan_rerank
-from client._retry import ClientStats, RetryPolicy
+from client._retry import DEADLINE_PER_TIMEOUT, DEFAULT_JITTER, ClientStats, RetryPolicy
 from client.errors import InvalidRequestError, ModelContractError
 from client.model_info import ModelInfo, config_message, normalize_config, parse_model_info
 from client.vocabularies import Vocabularies, load_vocabularies
@@ -29,6 +32,8 @@ class ClientBase:
         retries: int,
         backoff: float,
         vocabularies: VocabularySource,
+        jitter: float = DEFAULT_JITTER,
+        deadline: float | None = None,
     ) -> None:
         if not isinstance(model_name, str) or not model_name:
             raise InvalidRequestError(
@@ -51,8 +56,17 @@ class ClientBase:
         self.model_name = model_name
         self.model_version = model_version
         self.timeout = float(timeout)
-        self.retry_policy = RetryPolicy(retries=retries, backoff=backoff)
+        self.retry_policy = RetryPolicy(
+            retries=retries,
+            backoff=backoff,
+            jitter=jitter,
+            deadline=DEADLINE_PER_TIMEOUT * self.timeout if deadline is None else deadline,
+        )
         self.stats = ClientStats()
+        # Injectable for tests (as the clients' ``_sleep``): the retry schedule's clock and
+        # its random source for jitter.
+        self._clock: Callable[[], float] = time.monotonic
+        self._random: Callable[[], float] = random.random
         self._vocabulary_source = vocabularies
         self._info: ModelInfo | None = None
         self._vocabularies: Vocabularies | None = None

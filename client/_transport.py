@@ -2,7 +2,9 @@
 
 Each adapter offers ``get_config() -> dict`` (the raw ``as_json`` answer), ``infer(inputs,
 outputs) -> dict[str, np.ndarray]`` and ``close()``, and raises only `RecommenderError`s
-(tritonclient exceptions are mapped by `to_client_error` and chained).
+(tritonclient exceptions are mapped by `to_client_error` and chained). The gRPC adapters
+also take ``timeout=`` per call (``accepts_timeout``): the clients pass the time left
+before the call's deadline, so an attempt in flight never outlives it.
 
 TLS and request headers are described once by `ConnectionOptions` (validated here, used by
 every client and adapter); TLS itself is tritonclient's (gRPC channel credentials, or
@@ -11,6 +13,7 @@ geventhttpclient's SSL context for HTTP), never reimplemented.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -22,11 +25,13 @@ import numpy as np
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from client.errors import (
+    AuthenticationError,
     InferenceError,
     InvalidRequestError,
     ModelNotFoundError,
     RecommenderError,
     ServerUnavailableError,
+    TlsHandshakeError,
 )
 
 PROTOCOLS = ("grpc", "http")
@@ -34,7 +39,9 @@ PROTOCOLS = ("grpc", "http")
 _UNAVAILABLE = {"StatusCode.UNAVAILABLE", "503"}
 _NOT_FOUND = {"StatusCode.NOT_FOUND", "404"}
 _NOT_FOUND_TEXT = ("unknown model", "is not found", "is not ready")
-_TLS_TEXT = ("handshake failed", "certificate_verify_failed", "ssl_error")
+_AUTH = {"StatusCode.UNAUTHENTICATED", "StatusCode.PERMISSION_DENIED", "401", "403"}
+_TLS_TEXT = ("handshake failed", "certificate_verify_failed", "ssl_error",
+             "is not in peer certificate")
 _CLOSED_TEXT = "socket closed"
 _REFUSED_TEXT = ("protocol is restricted",)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")  # an HTTP token, lower case
@@ -230,7 +237,12 @@ PLAINTEXT = ConnectionOptions()
 
 
 class Transport(Protocol):
-    """What the clients need from a protocol."""
+    """What the clients need from a protocol.
+
+    An adapter whose ``accepts_timeout`` attribute is True also takes a keyword
+    ``timeout`` (seconds, or None) on ``get_config`` and ``infer``: the time left before
+    the call's deadline. Other adapters (e.g. a test double) are called without it.
+    """
 
     def get_config(self) -> dict[str, Any]: ...
 
@@ -284,8 +296,8 @@ def to_client_error(error: BaseException, what: str) -> RecommenderError:
         status = error.status()
         message = f"{what}: {error.message()}"
         text = (error.message() or "").lower()
-        if any(t in text for t in _REFUSED_TEXT):  # a missing header: retrying is useless
-            return InferenceError(message, status=status)
+        if status in _AUTH or any(t in text for t in _REFUSED_TEXT):  # retrying is useless
+            return AuthenticationError(message, status=status)
         if status in _UNAVAILABLE:
             return ServerUnavailableError(message, status=status)
         if status in _NOT_FOUND or any(t in text for t in _NOT_FOUND_TEXT):
@@ -306,7 +318,16 @@ def connection_error(
     gRPC reports TLS mismatches as UNAVAILABLE: a failed handshake (wrong or missing CA,
     wrong host name) or a socket the server closed at once (plaintext client on a TLS
     port, or no client certificate for a mutual-TLS server). These stay
-    `ServerUnavailableError` (bounded retries) with a hint naming the option to check.
+    `ServerUnavailableError` (bounded retries) with a hint naming the option to check; a
+    failed handshake is the subclass `TlsHandshakeError` (waiting cannot fix it), a closed
+    socket stays ambiguous (a server shutting down closes sockets too).
+
+    Example:
+        >>> from tritonclient.utils import InferenceServerException
+        >>> error = InferenceServerException(
+        ...     "Ssl handshake failed: CERTIFICATE_VERIFY_FAILED", status="StatusCode.UNAVAILABLE")
+        >>> type(connection_error(error, "config", ConnectionOptions(ssl=True))).__name__
+        'TlsHandshakeError'
     """
     mapped = to_client_error(error, what)
     if not isinstance(mapped, ServerUnavailableError) or mapped is error:
@@ -315,7 +336,8 @@ def connection_error(
     if any(word in text for word in _TLS_TEXT):
         hint = ("TLS handshake failed: check that `root_certificates` holds the CA that "
                 "signed the server's certificate and that the url's host is one of its names")
-    elif _CLOSED_TEXT in text and not options.ssl:
+        return TlsHandshakeError(f"{mapped} ({hint})", status=mapped.status)
+    if _CLOSED_TEXT in text and not options.ssl:
         hint = "connected in plaintext: if the server uses TLS, pass ssl=True"
     elif _CLOSED_TEXT in text:
         hint = ("if the server requires client certificates (mutual TLS), pass "
@@ -339,13 +361,16 @@ class _Adapter:
 
     _model: tuple[str, str]
     _options: ConnectionOptions
+    accepts_timeout = False
 
     def _mapped(self, error: BaseException, action: str) -> RecommenderError:
         return connection_error(error, f"model {self._model[0]!r}: {action}", self._options)
 
 
 class GrpcTransport(_Adapter):
-    """Sync gRPC adapter."""
+    """Sync gRPC adapter (tritonclient's gRPC client: safe to share between threads)."""
+
+    accepts_timeout = True
 
     def __init__(
         self,
@@ -366,16 +391,21 @@ class GrpcTransport(_Adapter):
         self._options = options
         self._headers = options.header_dict()
 
-    def get_config(self) -> dict[str, Any]:
+    def get_config(self, *, timeout: float | None = None) -> dict[str, Any]:
         try:
             return self._client.get_model_config(
-                *self._model, headers=self._headers, as_json=True, client_timeout=self._timeout
+                *self._model, headers=self._headers, as_json=True,
+                client_timeout=_shorter(self._timeout, timeout),
             )
         except Exception as error:
             raise self._mapped(error, "config") from error
 
     def infer(
-        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        *,
+        timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
         try:
             result = self._client.infer(
@@ -383,7 +413,7 @@ class GrpcTransport(_Adapter):
                 _infer_inputs(self._module, inputs),
                 model_version=self._model[1],
                 outputs=[self._module.InferRequestedOutput(n) for n in outputs],
-                client_timeout=self._timeout,
+                client_timeout=_shorter(self._timeout, timeout),
                 headers=self._headers,
             )
         except Exception as error:
@@ -395,7 +425,11 @@ class GrpcTransport(_Adapter):
 
 
 class HttpTransport(_Adapter):
-    """Sync HTTP adapter."""
+    """Sync HTTP adapter.
+
+    Not thread-safe: tritonclient's HTTP client (geventhttpclient) must be used by one
+    thread. Its timeouts are fixed per connection, so it takes no per-call ``timeout``.
+    """
 
     def __init__(
         self,
@@ -444,7 +478,16 @@ class HttpTransport(_Adapter):
 
 
 class AsyncGrpcTransport(_Adapter):
-    """Async gRPC adapter over ``tritonclient.grpc.aio``."""
+    """Async gRPC adapter over ``tritonclient.grpc.aio``.
+
+    A ``grpc.aio`` channel belongs to the event loop it was made in, so the channel is
+    made on first use, inside the running loop: the adapter (and its client) can be built
+    in sync code and then used under ``asyncio.run(...)``. It stays bound to that loop;
+    using it from another loop (or after `close`) raises `RecommenderError` at once,
+    before anything is sent. Not thread-safe (asyncio objects are not).
+    """
+
+    accepts_timeout = True
 
     def __init__(
         self,
@@ -455,35 +498,62 @@ class AsyncGrpcTransport(_Adapter):
         options: ConnectionOptions = PLAINTEXT,
     ) -> None:
         import tritonclient.grpc as grpcclient
-        import tritonclient.grpc.aio as aioclient
 
         self._module = grpcclient
-        self._client = aioclient.InferenceServerClient(
-            strip_scheme(url), **options.grpc_kwargs()
-        )
+        self._url = strip_scheme(url)
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
         self._model = (model_name, model_version)
         self._timeout = timeout
         self._options = options
         self._headers = options.header_dict()
 
-    async def get_config(self) -> dict[str, Any]:
+    def _connected(self) -> Any:
+        """The tritonclient aio client of the running loop, made on first use."""
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise RecommenderError(f"model {self._model[0]!r}: the async client is closed.")
+        if self._client is None:
+            import tritonclient.grpc.aio as aioclient
+
+            self._client = aioclient.InferenceServerClient(
+                self._url, **self._options.grpc_kwargs()
+            )
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RecommenderError(
+                f"model {self._model[0]!r}: this async client was first used in another "
+                "event loop, and its gRPC channel belongs to that loop. Make one client per "
+                "event loop (e.g. inside the coroutine given to asyncio.run)."
+            )
+        return self._client
+
+    async def get_config(self, *, timeout: float | None = None) -> dict[str, Any]:
+        client = self._connected()
         try:
-            return await self._client.get_model_config(
-                *self._model, headers=self._headers, as_json=True, client_timeout=self._timeout
+            return await client.get_model_config(
+                *self._model, headers=self._headers, as_json=True,
+                client_timeout=_shorter(self._timeout, timeout),
             )
         except Exception as error:
             raise self._mapped(error, "config") from error
 
     async def infer(
-        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        *,
+        timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
+        client = self._connected()
         try:
-            result = await self._client.infer(
+            result = await client.infer(
                 self._model[0],
                 _infer_inputs(self._module, inputs),
                 model_version=self._model[1],
                 outputs=[self._module.InferRequestedOutput(n) for n in outputs],
-                client_timeout=self._timeout,
+                client_timeout=_shorter(self._timeout, timeout),
                 headers=self._headers,
             )
         except Exception as error:
@@ -491,7 +561,16 @@ class AsyncGrpcTransport(_Adapter):
         return {name: result.as_numpy(name) for name in outputs}
 
     async def close(self) -> None:
-        await self._client.close()
+        """Closes the channel (if one was made); later calls raise `RecommenderError`."""
+        client, loop = self._client, self._loop
+        self._closed, self._client, self._loop = True, None, None
+        if client is not None and loop is asyncio.get_running_loop():
+            await client.close()  # a channel of another (finished) loop cannot be awaited
+
+
+def _shorter(timeout: float, limit: float | None) -> float:
+    """The per-call timeout: ``timeout``, cut to ``limit`` (the deadline's rest) if given."""
+    return timeout if limit is None else max(0.0, min(timeout, limit))
 
 
 def make_transport(

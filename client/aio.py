@@ -2,7 +2,8 @@
 
 Validation, encoding, chunking and decoding are the same code as the sync client's;
 only the transport (``tritonclient.grpc.aio``) and the awaiting differ. Chunks of one
-request are sent concurrently.
+request are sent concurrently, in an ``asyncio.TaskGroup``: when one chunk fails, the
+others are cancelled and the failed chunk's own error is raised (not an ExceptionGroup).
 
 Example:
     >>> import asyncio
@@ -20,16 +21,18 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
 from client._base import ClientBase, VocabularySource
 from client._codec import Plan, Recommendations
-from client._retry import call_with_retry_async
+from client._retry import DEFAULT_JITTER, call_with_retry_async
 from client._transport import AsyncGrpcTransport, AsyncTransport, ConnectionOptions
 from client.errors import InvalidRequestError, RecommenderError
 from client.model_info import ModelInfo
+
+T = TypeVar("T")
 
 
 class AsyncRecommenderClient(ClientBase):
@@ -37,6 +40,13 @@ class AsyncRecommenderClient(ClientBase):
 
     Methods that talk to the server are coroutines. ``model_info`` is available once
     `fetch_model_info` (or any request) has run.
+
+    Event loops and threads: the client may be built anywhere (e.g. in sync code before
+    ``asyncio.run``); its gRPC channel is made on first use, in the running loop, and
+    the client then belongs to that loop: share it freely between the loop's tasks, but
+    not with other loops (a clear `RecommenderError`) or threads (asyncio objects are
+    not thread-safe). For several threads, use one client per thread and loop, or the
+    sync `RecommenderClient` over gRPC.
 
     Args:
         url: ``host:port`` of the server's gRPC endpoint.
@@ -46,6 +56,11 @@ class AsyncRecommenderClient(ClientBase):
         timeout: Seconds allowed per server call.
         retries: Extra attempts when the server answers UNAVAILABLE.
         backoff: Seconds before the first retry; doubles on each further retry.
+        jitter: As for `RecommenderClient` (default 0.5).
+        deadline: Seconds one server call (the config fetch, or one chunk) may take
+            with all its retries and waits; default (None) ``2 * timeout``. An attempt
+            in flight is cancelled when it runs out, whatever the transport; then
+            `ServerUnavailableError` names the deadline and the attempts.
         vocabularies: As for `RecommenderClient`.
         ssl: Connect with TLS (tritonclient's own; an ``https://`` url implies it).
             Server certificates are verified, host names checked.
@@ -66,6 +81,12 @@ class AsyncRecommenderClient(ClientBase):
         >>> async def top3(url):
         ...     async with AsyncRecommenderClient(url, "mf_rerank") as client:
         ...         return await client.rerank([0], [[1, 2, 3, 4]], k=3, raw_ids=False)
+        >>> client = AsyncRecommenderClient("localhost:8001", "mf_retrieve")  # no channel yet
+        >>> async def main():
+        ...     async with client:  # the channel is made here, in asyncio.run's loop
+        ...         return await client.recommend([0], k=2, raw_ids=False)
+        >>> asyncio.run(main()).item_ids.shape  # doctest: +SKIP
+        (1, 2)
     """
 
     def __init__(
@@ -85,6 +106,8 @@ class AsyncRecommenderClient(ClientBase):
         private_key: str | os.PathLike[str] | None = None,
         certificate_chain: str | os.PathLike[str] | None = None,
         headers: Mapping[str, str] | None = None,
+        jitter: float = DEFAULT_JITTER,
+        deadline: float | None = None,
     ) -> None:
         super().__init__(
             url,
@@ -94,6 +117,8 @@ class AsyncRecommenderClient(ClientBase):
             retries=retries,
             backoff=backoff,
             vocabularies=vocabularies,
+            jitter=jitter,
+            deadline=deadline,
         )
         if protocol != "grpc":
             raise InvalidRequestError(
@@ -109,11 +134,14 @@ class AsyncRecommenderClient(ClientBase):
             certificate_chain=certificate_chain,
             headers=headers,
         )
+        # Makes no channel yet: AsyncGrpcTransport opens it on first use, in the running loop.
         self._transport = transport or AsyncGrpcTransport(
             url, model_name, model_version, timeout, self.connection
         )
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-        self._config_lock = asyncio.Lock()  # concurrent first requests fetch the config once
+        # Concurrent first requests fetch the config once. (An asyncio.Lock binds to a loop
+        # only when first contended, so making it here, outside any loop, is fine.)
+        self._config_lock = asyncio.Lock()
 
     async def __aenter__(self) -> AsyncRecommenderClient:
         return self
@@ -127,7 +155,7 @@ class AsyncRecommenderClient(ClientBase):
         await self.close()
 
     async def close(self) -> None:
-        """Closes the underlying gRPC channel."""
+        """Closes the underlying gRPC channel (if one was opened)."""
         await self._transport.close()
 
     @property
@@ -180,13 +208,28 @@ class AsyncRecommenderClient(ClientBase):
         )
 
     async def _run(self, plan: Plan) -> Recommendations:
-        answers = await asyncio.gather(
-            *(
-                self._call(lambda chunk=chunk: self._transport.infer(chunk, plan.outputs))
-                for chunk in plan.chunks
-            )
-        )
-        return plan.finish(answers)
+        """Sends the chunks concurrently; the first failure cancels the others."""
+        failure: BaseException | None = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._call(self._transport.infer, chunk, plan.outputs))
+                    for chunk in plan.chunks
+                ]
+        except BaseExceptionGroup as errors:
+            failure = errors.exceptions[0]  # the chunk that failed first
+        if failure is not None:
+            raise failure  # outside the except block: no ExceptionGroup in its context
+        return plan.finish([task.result() for task in tasks])
 
-    async def _call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
-        return await call_with_retry_async(fn, self.retry_policy, self.stats, self._sleep)
+    async def _call(self, method: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await method(*args)`` with retries; our adapters also get the deadline's rest."""
+        cut = getattr(self._transport, "accepts_timeout", False) is True
+
+        async def attempt(seconds_left: float | None) -> T:
+            if cut and seconds_left is not None:
+                return await method(*args, timeout=seconds_left)
+            return await method(*args)
+
+        return await call_with_retry_async(attempt, self.retry_policy, self.stats, self._sleep,
+                                           clock=self._clock, draw=self._random)

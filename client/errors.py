@@ -48,11 +48,35 @@ class ModelNotFoundError(RecommenderError):
 
 
 class ServerUnavailableError(RecommenderError):
-    """The server could not be reached or answered UNAVAILABLE (after all retries)."""
+    """The server could not be reached or answered UNAVAILABLE (after all retries), or
+    the call's deadline ran out (the message then names the deadline and the attempts)."""
+
+
+class TlsHandshakeError(ServerUnavailableError):
+    """The TLS handshake failed: the server's certificate is not signed by a trusted CA
+    (see ``root_certificates``) or does not name the url's host.
+
+    A `ServerUnavailableError` (as before this class existed), but waiting does not fix
+    it: `client.ModelAdmin.wait_until_ready` raises it at once.
+    """
 
 
 class InferenceError(RecommenderError):
     """The server rejected or failed a request (e.g. INVALID_ARGUMENT, INTERNAL)."""
+
+
+class AuthenticationError(InferenceError):
+    """The server or a proxy refused the credentials: gRPC UNAUTHENTICATED or
+    PERMISSION_DENIED, HTTP 401 or 403, or Triton's restricted-protocol refusal (a
+    missing or wrong header).
+
+    An `InferenceError` (as before this class existed); never retried, and raised at
+    once by `client.ModelAdmin.wait_until_ready`.
+
+    Example:
+        >>> issubclass(AuthenticationError, InferenceError)
+        True
+    """
 
 
 class ModelContractError(RecommenderError):

@@ -183,11 +183,17 @@ def _plain(message: Any) -> dict[str, Any]:
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             value_fd = fd.message_type.fields_by_name["value"]
             out[fd.name] = {k: _value(value_fd, v) for k, v in value.items()}
-        elif fd.label == fd.LABEL_REPEATED:
+        elif _is_repeated(fd):
             out[fd.name] = [_value(fd, v) for v in value]
         else:
             out[fd.name] = _value(fd, value)
     return out
+
+
+def _is_repeated(fd: Any) -> bool:
+    # protobuf 6.3x deprecates ``label`` (a DeprecationWarning) for ``is_repeated``.
+    flag = getattr(fd, "is_repeated", None)
+    return bool(flag) if flag is not None else fd.label == fd.LABEL_REPEATED
 
 
 def _value(fd: Any, value: Any) -> Any:

@@ -11,18 +11,21 @@ Example:
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
 from client._base import ClientBase, VocabularySource
 from client._codec import Plan, Recommendations
-from client._retry import call_with_retry
+from client._retry import DEFAULT_JITTER, call_with_retry
 from client._transport import ConnectionOptions, Transport, check_protocol, make_transport
 from client.model_info import ModelInfo
+
+T = TypeVar("T")
 
 
 class RecommenderClient(ClientBase):
@@ -33,6 +36,11 @@ class RecommenderClient(ClientBase):
     anything is sent. Batches larger than the model's ``max_batch_size`` are split into
     chunks and reassembled in order.
 
+    Threads: over gRPC one client may be shared by several threads (tritonclient's gRPC
+    client is thread-safe for the unary calls made here; the model facts are fetched
+    once, under a lock; `stats` counts under a lock). Over HTTP it must not:
+    tritonclient's HTTP client is not thread-safe, so make one client per thread.
+
     Args:
         url: ``host:port`` of the server's gRPC or HTTP endpoint (a scheme is allowed).
         model_name: The model's name in the repository.
@@ -42,6 +50,14 @@ class RecommenderClient(ClientBase):
         retries: Extra attempts when the server answers UNAVAILABLE (never for other
             errors).
         backoff: Seconds before the first retry; doubles on each further retry.
+        jitter: Share (0..1) of each backoff wait drawn at random (default 0.5: waits
+            in [base / 2, base]); 0 for exact waits.
+        deadline: Seconds one server call (the config fetch, or one chunk of a batch)
+            may take with all its retries and waits; default ``2 * timeout``, None is
+            the default, ``math.inf`` for no bound. Over gRPC an attempt in flight is
+            cut to the time left; over HTTP (fixed connection timeouts) the deadline is
+            checked before each retry. When it runs out: `ServerUnavailableError`
+            naming the deadline and the attempts.
         vocabularies: A `Vocabularies`, or a folder to load them from (the version
             folder, the model folder, or the repository root), or None for dense
             indices only.
@@ -61,12 +77,12 @@ class RecommenderClient(ClientBase):
         InvalidRequestError: An option is invalid (e.g. a certificate file is missing:
             the message names the path).
 
-    Example:
-        >>> with RecommenderClient("localhost:8001", "mf_rerank",
-        ...                        vocabularies="model_repository") as client:  # doctest: +SKIP
-        ...     result = client.rerank(["u1", "u2"], [["i1", "i2", "i3"], ["i3", "i4", "i5"]])
-        ...     result.item_ids.shape == result.scores.shape == result.positions.shape
-        True
+    Example (needs a running server)::
+
+        with RecommenderClient("localhost:8001", "mf_rerank",
+                               vocabularies="model_repository") as client:
+            result = client.rerank(["u1", "u2"], [["i1", "i2", "i3"], ["i3", "i4", "i5"]])
+            result.item_ids.shape == result.scores.shape == result.positions.shape  # True
     """
 
     def __init__(
@@ -86,6 +102,8 @@ class RecommenderClient(ClientBase):
         private_key: str | os.PathLike[str] | None = None,
         certificate_chain: str | os.PathLike[str] | None = None,
         headers: Mapping[str, str] | None = None,
+        jitter: float = DEFAULT_JITTER,
+        deadline: float | None = None,
     ) -> None:
         super().__init__(
             url,
@@ -95,6 +113,8 @@ class RecommenderClient(ClientBase):
             retries=retries,
             backoff=backoff,
             vocabularies=vocabularies,
+            jitter=jitter,
+            deadline=deadline,
         )
         self.protocol = check_protocol(protocol)
         self.connection = ConnectionOptions.for_url(
@@ -114,6 +134,7 @@ class RecommenderClient(ClientBase):
             options=self.connection,
         )
         self._sleep: Callable[[float], None] = time.sleep
+        self._config_lock = threading.Lock()  # threads' first requests fetch the config once
 
     def __enter__(self) -> RecommenderClient:
         return self
@@ -147,7 +168,9 @@ class RecommenderClient(ClientBase):
                 do not match it.
         """
         if self._info is None or refresh:
-            self._accept_config(self._call(self._transport.get_config))
+            with self._config_lock:
+                if self._info is None or refresh:
+                    self._accept_config(self._call(self._transport.get_config))
         assert self._info is not None
         return self._info
 
@@ -158,9 +181,10 @@ class RecommenderClient(ClientBase):
             as_json: True for a dict in the HTTP endpoint's shape (int64 values as
                 ints); False for a ``tritonclient.grpc.model_config_pb2.ModelConfig``.
 
-        Example:
-            >>> client.get_model_config()["parameters"]["k"]  # doctest: +SKIP
-            {'string_value': '10'}
+        Example (needs a running server)::
+
+            client.get_model_config()["parameters"]["k"]
+            # -> {'string_value': '10'}
         """
         return self._format_config(self._call(self._transport.get_config), as_json)
 
@@ -189,10 +213,11 @@ class RecommenderClient(ClientBase):
             InvalidRequestError: The request is invalid (nothing is sent).
             RecommenderError: The server failed (see `client.errors`).
 
-        Example:
-            >>> client.recommend([0, 1], k=3, raw_ids=False).item_ids  # doctest: +SKIP
-            array([[4, 2, 7],
-                   [1, 4, 0]])
+        Example (needs a running server)::
+
+            client.recommend([0, 1], k=3, raw_ids=False).item_ids
+            # -> array([[4, 2, 7],
+            # -> [1, 4, 0]])
         """
         return self._run(self._plan_recommend(self.model_info, user_ids, k, exclude, raw_ids))
 
@@ -220,19 +245,26 @@ class RecommenderClient(ClientBase):
             InvalidRequestError: The request is invalid (nothing is sent).
             RecommenderError: The server failed (see `client.errors`).
 
-        Example:
-            >>> client.rerank([0], [[5, 3, 9]], k=2, raw_ids=False).positions  # doctest: +SKIP
-            array([[2, 0]])
+        Example (needs a running server)::
+
+            client.rerank([0], [[5, 3, 9]], k=2, raw_ids=False).positions
+            # -> array([[2, 0]])
         """
         plan = self._plan_rerank(self.model_info, user_ids, candidate_item_ids, k, raw_ids)
         return self._run(plan)
 
     def _run(self, plan: Plan) -> Recommendations:
-        answers = [
-            self._call(lambda chunk=chunk: self._transport.infer(chunk, plan.outputs))
-            for chunk in plan.chunks
-        ]
+        answers = [self._call(self._transport.infer, chunk, plan.outputs) for chunk in plan.chunks]
         return plan.finish(answers)
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
-        return call_with_retry(fn, self.retry_policy, self.stats, self._sleep)
+    def _call(self, method: Callable[..., T], *args: Any) -> T:
+        """``method(*args)`` with retries; our adapters also get the deadline's rest."""
+        cut = getattr(self._transport, "accepts_timeout", False) is True
+
+        def attempt(seconds_left: float | None) -> T:
+            if cut and seconds_left is not None:
+                return method(*args, timeout=seconds_left)
+            return method(*args)
+
+        return call_with_retry(attempt, self.retry_policy, self.stats, self._sleep,
+                               clock=self._clock, draw=self._random)

@@ -372,12 +372,29 @@ def _stage_graph(
     for path in vocab_files:
         shutil.copyfile(path, staging.dir / path.name)
     if options.backend == BACKEND_PYTHON:
-        shutil.copyfile(PYTHON_BACKEND_FILE, staging.dir / PYTHON_BACKEND_FILE.name)
+        _ship_python_backend(staging.dir)
     staging.config_text = config_to_text(config)
     manifest = _manifest(job, converted, kind, weights, parity)
     (staging.dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return PublishedModel(staging.paths.model_dir.name, kind, version,
                           staging.paths.version_dir, converted.external_data, parity)
+
+
+def _ship_python_backend(version_dir: Path) -> None:
+    """Copies model.py with its bytecode into the version folder.
+
+    The stub's embedded interpreter ignores PYTHONDONTWRITEBYTECODE and writes
+    ``__pycache__/`` next to the model.py it imports; in poll mode Triton reads that as a
+    change and reloads the model. A valid hash-checked ``.pyc`` shipped with the version
+    is used as is, so nothing is written into the repository.
+    """
+    import importlib.util
+    import py_compile
+
+    target = version_dir / PYTHON_BACKEND_FILE.name
+    shutil.copyfile(PYTHON_BACKEND_FILE, target)
+    py_compile.compile(str(target), cfile=importlib.util.cache_from_source(str(target)),
+                       doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
 
 
 def _convert_and_check(job: _Job, weights: Any, staging: StagedVersion,

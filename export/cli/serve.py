@@ -27,6 +27,7 @@ from export.triton.local_server import (
     LocalTritonServer,
     TritonServerError,
 )
+from export.triton.supervisor import RestartPolicy, Supervisor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log", type=Path, default=None, help="server log file")
     parser.add_argument("--startup-timeout", type=float, default=120.0)
+    parser.add_argument("--max-restarts", type=int, default=5,
+                        help="restart a crashed server at most this often per "
+                        "--restart-window seconds, then exit 1 (default 5)")
+    parser.add_argument("--restart-window", type=float, default=60.0,
+                        help="seconds of the --max-restarts window (default 60)")
     tls = parser.add_argument_group("gRPC TLS (HTTP and metrics stay plaintext)")
     tls.add_argument("--grpc-tls-cert", type=Path, default=None, metavar="PEM",
                      help="server certificate: turns on TLS for gRPC (with --grpc-tls-key)")
@@ -86,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
         args.poll_secs = 5
     grpc_tls = grpc_tls_of(args)
     try:
+        RestartPolicy(args.max_restarts, args.restart_window)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    try:
         server = _server(args, grpc_tls)
     except TritonServerError as error:  # e.g. not set up: the message says what to run
         raise UserError(str(error)) from error
@@ -104,10 +114,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"  HTTP     {server.http_url}")
     print(f"  metrics  {server.metrics_url}")
     print("Ctrl-C or SIGTERM stops it.", flush=True)
+    policy = RestartPolicy(args.max_restarts, args.restart_window)
+    supervisor = Supervisor(server, policy, log=lambda line: print(line, flush=True))
     try:
-        while not stop.wait(0.5):
-            if not server.is_running():
-                raise UserError("tritonserver exited:\n" + server.log_text()[-2000:])
+        supervisor.run(stop)
+    except TritonServerError as error:
+        raise UserError(str(error)) from error
     finally:
         seconds = server.stop()
         print(f"tritonserver stopped in {seconds:.1f} s")

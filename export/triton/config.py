@@ -114,7 +114,11 @@ def _check_config_args(graph_kind: str, backend: str, max_queue_delay_us: int,
 def _add_inputs_with_warmup(config: mc.ModelConfig, graph_kind: str, python: bool,
                             max_candidates: int) -> None:
     """The graph's inputs in contract order, and one warm-up request with valid ids."""
-    _add_input(config, contract.USER_ID, [1], scalar=True)
+    # The onnxruntime graph takes user_id [B]: dims [1] reshaped to []. The python backend
+    # gets [B, 1] unreshaped: Triton 2.51's python backend SIGSEGVs on a batch-0 request
+    # whose first input is reshaped to rank 0, and without the reshape the core itself
+    # rejects such a request ("input byte size mismatch"). The wire shape is [B, 1] for both.
+    _add_input(config, contract.USER_ID, [1], scalar=not python)
     warmup = config.model_warmup.add(name=f"{graph_kind}_valid_ids", batch_size=1, count=1)
     warmup.inputs[contract.USER_ID].CopyFrom(
         mc.ModelWarmup.Input(data_type=mc.TYPE_INT64, dims=[1], zero_data=True)

@@ -242,6 +242,8 @@ class LocalTritonServer:
             print(server.grpc_url)  # 127.0.0.1:40123
     """
 
+    exit_timeout_secs = 5  # --exit-timeout-secs: bound on shutdown with stuck requests
+
     def __init__(
         self,
         model_repository: str | Path,
@@ -326,6 +328,11 @@ class LocalTritonServer:
         """Whether the server process is alive."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status of a server that exited (negative: killed by that signal)."""
+        return None if self._process is None else self._process.poll()
+
     def shared_memory_regions(self) -> set[Path]:
         """The python backend's ``/dev/shm`` files this server has mapped (seen so far).
 
@@ -353,6 +360,8 @@ class LocalTritonServer:
             # Configs are complete; skipping auto-complete saves one stub launch per model.
             "--disable-auto-complete-config",
             "--log-verbose=0",
+            # A request the python backend never answers would hold shutdown for 30 s.
+            f"--exit-timeout-secs={self.exit_timeout_secs}",
         ]
         if self.repository_poll_secs is not None:
             cmd.append(f"--repository-poll-secs={self.repository_poll_secs}")

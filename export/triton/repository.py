@@ -8,15 +8,16 @@
     <repo>/<name>/<version>/export_manifest.json  (+ model.py for the python backend)
 
 Publishing never shows a partial folder. Files are written into a staging folder whose
-name starts with ``.kmr-staging-`` (Triton ignores non-numeric version folders, and the
-dot hides it from listings) on the same filesystem, then ``os.rename``d into place:
+name starts with ``.kmr-staging-``, then ``os.rename``d into place. The staging area is a
+sibling of the repository, ``<repo parent>/.<repo name>.kmr-staging/``, so a server
+polling the repository sees exactly one change per published model (a staging folder
+inside it is itself a change); when the sibling is not writable or on another filesystem
+(a repository that is a mount point), staging falls back to inside the repository:
 
-* a new model: the whole model folder is staged at ``<repo>/.kmr-staging-...`` and
-  renamed to ``<repo>/<name>``;
-* an existing model: the version is staged at ``<repo>/<name>/.kmr-staging-...``, renamed
-  to ``<repo>/<name>/<version>``, then ``config.pbtxt`` is replaced via a temporary file
-  and ``os.replace`` -- only if that version is the newest (the one Triton serves by
-  default); an older version published later leaves the config of the newest alone.
+* a new model: the whole model folder is staged and renamed to ``<repo>/<name>``;
+* an existing model: the version is staged and renamed to ``<repo>/<name>/<version>``,
+  then ``config.pbtxt`` is replaced via a temporary file and ``os.replace`` -- only if
+  its text changes and that version is the newest (the one Triton serves by default).
 
 A killed export leaves only a staging folder; the next export removes staging folders
 whose owning process (its pid is in the name) is gone.
@@ -113,6 +114,27 @@ def check_writable(repo: str | os.PathLike[str]) -> Path:
     return repo
 
 
+def staging_area(repo: str | os.PathLike[str]) -> Path:
+    """Where exports into ``repo`` stage: a sibling folder on the same filesystem, else ``repo``.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     staging_area(Path(root) / "models").name
+        '.models.kmr-staging'
+    """
+    repo = Path(repo)
+    sibling = repo.resolve().parent / f".{repo.resolve().name}.kmr-staging"
+    try:
+        sibling.mkdir(exist_ok=True)
+        repo.mkdir(parents=True, exist_ok=True)
+        if sibling.stat().st_dev == repo.stat().st_dev:
+            return sibling
+    except OSError:
+        pass
+    return repo
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -132,7 +154,10 @@ def clean_stale_staging(repo: str | os.PathLike[str]) -> list[Path]:
     repo = Path(repo)
     if not repo.is_dir():
         return []
+    area = staging_area(repo)
     candidates = list(repo.glob(f"{STAGING_PREFIX}*")) + list(repo.glob(f"*/{STAGING_PREFIX}*"))
+    if area != repo:
+        candidates += list(area.glob(f"{STAGING_PREFIX}*"))
     removed = []
     for path in candidates:
         parts = path.name[len(STAGING_PREFIX):].split("-")
@@ -164,11 +189,14 @@ class StagedVersion:
         self.config_text: str | None = None
         tag = f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.new_model = not paths.model_dir.exists()
+        area = staging_area(paths.repo)
         if self.new_model:
-            self._root = paths.repo / tag  # becomes <repo>/<name>
+            self._root = area / tag  # becomes <repo>/<name>
             self.dir = self._root / paths.version_dir.name
         else:
-            self._root = paths.model_dir / tag  # becomes <repo>/<name>/<version>
+            in_repo = area == paths.repo
+            # becomes <repo>/<name>/<version>
+            self._root = (paths.model_dir if in_repo else area) / tag
             self.dir = self._root
         self.dir.mkdir(parents=True)
 
@@ -194,7 +222,7 @@ class StagedVersion:
                 raise RepositoryError(f"Version folder {self.paths.version_dir} already exists.")
             # No atomic swap of folders on POSIX: move the old one aside, then rename.
             old = f"{STAGING_PREFIX}{os.getpid()}-old-{uuid.uuid4().hex[:8]}"
-            trash = self.paths.model_dir / old
+            trash = self._root.parent / old
             os.rename(self.paths.version_dir, trash)
         try:
             os.rename(source, self.paths.version_dir)
@@ -205,10 +233,14 @@ class StagedVersion:
         # config.pbtxt describes the version Triton serves (the newest, by default): an
         # older version published later must not replace it.
         newest = existing_versions(self.paths.repo, self.paths.model_dir.name)[-1]
-        if not self.paths.config.exists() or int(self.paths.version_dir.name) >= newest:
-            tmp = self.paths.model_dir / f"{STAGING_PREFIX}{os.getpid()}-{CONFIG_FILE}"
+        config = self.paths.config
+        current = config.read_text(encoding="utf-8") if config.exists() else None
+        if current != self.config_text and (
+                current is None or int(self.paths.version_dir.name) >= newest):
+            # Written outside the model folder, then moved in: one change, never partial.
+            tmp = self._root.parent / f"{STAGING_PREFIX}{os.getpid()}-{CONFIG_FILE}"
             tmp.write_text(self.config_text, encoding="utf-8")
-            os.replace(tmp, self.paths.config)
+            os.replace(tmp, config)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
         if source != self._root:

@@ -2,7 +2,7 @@
 
 No server: tritonclient's client classes are replaced by recorders, so these check the
 exact constructor and per-call keyword arguments. The real TLS handshakes are in
-tests/test_client_tls.py.
+tests/e2e/test_client_tls.py.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from tritonclient.utils import InferenceServerException
 
 from client import (
     AsyncRecommenderClient,
+    AuthenticationError,
     InferenceError,
     InvalidRequestError,
     ModelAdmin,
     RecommenderClient,
     ServerUnavailableError,
+    TlsHandshakeError,
 )
 from client._transport import (
     PLAINTEXT,
@@ -208,9 +210,7 @@ def test_plaintext_transports_pass_no_tls_and_no_headers(recorders) -> None:
 def test_async_client_passes_tls_and_headers_to_the_aio_client(recorders, pem) -> None:
     client = AsyncRecommenderClient("h:1", "m", ssl=True, root_certificates=pem["ca"],
                                     headers={"authorization": "Bearer t"})
-    (made,) = recorders
-    assert isinstance(made, AsyncRecorder) and made.kwargs["ssl"] is True
-    assert made.kwargs["root_certificates"] == str(pem["ca"])
+    assert recorders == []  # the channel is made on first use, in the running loop
     assert isinstance(client._transport, AsyncGrpcTransport)
 
     async def calls() -> None:
@@ -218,6 +218,9 @@ def test_async_client_passes_tls_and_headers_to_the_aio_client(recorders, pem) -
         await client._transport.infer(INPUTS, [contract.TOP_SCORES])
 
     asyncio.run(calls())
+    (made,) = recorders
+    assert isinstance(made, AsyncRecorder) and made.kwargs["ssl"] is True
+    assert made.kwargs["root_certificates"] == str(pem["ca"])
     assert [kw["headers"] for _, kw in made.calls] == [{"authorization": "Bearer t"}] * 2
 
 
@@ -246,21 +249,25 @@ def _unavailable(text: str) -> InferenceServerException:
 
 
 @pytest.mark.parametrize(
-    "text, options, hint",
+    "text, options, hint, expected",
     [
         ("failed to connect to all addresses; last error: UNAVAILABLE: Socket closed",
-         PLAINTEXT, "pass ssl=True"),
+         PLAINTEXT, "pass ssl=True", ServerUnavailableError),
         ("failed to connect to all addresses; last error: UNAVAILABLE: Socket closed",
-         ConnectionOptions(ssl=True), "`private_key` and `certificate_chain`"),
+         ConnectionOptions(ssl=True), "`private_key` and `certificate_chain`",
+         ServerUnavailableError),
         ("Tls handshake failed (TSI_PROTOCOL_FAILURE): CERTIFICATE_VERIFY_FAILED",
-         ConnectionOptions(ssl=True), "check that `root_certificates`"),
+         ConnectionOptions(ssl=True), "check that `root_certificates`", TlsHandshakeError),
+        ("ipv4:127.0.0.1:8001: Peer name 127.0.0.2 is not in peer certificate",
+         ConnectionOptions(ssl=True), "one of its names", TlsHandshakeError),
     ],
 )
 def test_connection_error_adds_tls_hint_when_handshake_or_socket_fails(
-    text, options, hint
+    text, options, hint, expected
 ) -> None:
     mapped = connection_error(_unavailable(text), "model 'm': config", options)
-    assert type(mapped) is ServerUnavailableError and hint in str(mapped)
+    assert type(mapped) is expected and hint in str(mapped)
+    assert isinstance(mapped, ServerUnavailableError)  # as before TlsHandshakeError existed
     assert mapped.status == "StatusCode.UNAVAILABLE"
 
 
@@ -274,5 +281,5 @@ def test_restricted_protocol_refusal_is_inference_error_so_it_is_not_retried() -
     error = _unavailable("This protocol is restricted, expecting header "
                          "'triton-grpc-protocol-key'")
     mapped = connection_error(error, "model 'm': infer", PLAINTEXT)
-    assert type(mapped) is InferenceError
+    assert type(mapped) is AuthenticationError and isinstance(mapped, InferenceError)
     assert "triton-grpc-protocol-key" in str(mapped)

@@ -2,7 +2,7 @@
 
 The fake answers like a served kmr graph (numpy reference of the contract), so these
 tests cover validation, encoding, chunking, decoding, retries and config parsing
-without a server. tests/test_client_triton.py repeats the essentials against a real one.
+without a server. tests/e2e/test_client_triton.py repeats the essentials against a real one.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ VOCABS = Vocabularies(users=USER_VOCAB, items=ITEM_VOCAB)
 
 # -- configs in both protocols' JSON shapes -------------------------------------------------
 def config_message(kind: str, *, max_batch_size: int = 8, **params: Any) -> Any:
-    """A ModelConfig as export/triton_config.py writes it (built here independently)."""
+    """A ModelConfig as export/triton/config.py writes it (built here independently)."""
     config = model_config_pb2.ModelConfig(name=f"mf_{kind}", max_batch_size=max_batch_size)
     user = config.input.add(name=contract.USER_ID, data_type=model_config_pb2.TYPE_INT64,
                             dims=[1])
@@ -202,6 +202,7 @@ def make_client(
     client = RecommenderClient("fake:0", f"mf_{kind}", vocabularies=vocabularies,
                                transport=transport, **options)
     client._sleep = lambda seconds: None
+    client._random = lambda: 0.0  # no jitter: the exact exponential waits
     return client, transport
 
 
@@ -422,6 +423,10 @@ def test_raw_ids_raise_invalid_request_when_no_vocabularies_are_given() -> None:
         ({"backoff": -0.5}, "Received: backoff=-0.5"),
         ({"timeout": 0}, "Received: timeout=0"),
         ({"model_version": "latest"}, "Received: 'latest'"),
+        ({"jitter": 1.5}, "Expected a number in [0, 1]. Received: jitter=1.5"),
+        ({"jitter": True}, "Received: jitter=True"),
+        ({"deadline": 0}, "Expected seconds > 0 (or None for no deadline). Received: deadline=0"),
+        ({"deadline": float("nan")}, "Received: deadline=nan"),
     ],
 )
 def test_client_raises_invalid_request_when_an_option_is_bad(options, message) -> None:
@@ -688,6 +693,7 @@ def test_async_client_matches_sync_client_when_chunked_and_retried() -> None:
         async with AsyncRecommenderClient("fake:0", "mf_retrieve", vocabularies=VOCABS,
                                           transport=transport) as client:
             client._sleep = fake_sleep
+            client._random = lambda: 0.0  # no jitter
             with pytest.raises(RecommenderError, match="fetch_model_info"):
                 _ = client.model_info
             result = await client.recommend(["u0", "u1", "u2"], k=3, exclude=[[100], [], []])
@@ -777,32 +783,6 @@ def test_cli_exits_1_when_server_is_down(capsys) -> None:
 
 
 # -- review fixes -------------------------------------------------------------------------------
-def test_stats_count_every_call_when_one_client_is_shared_by_threads() -> None:
-    import threading
-
-    client, transport = make_client(contract.GRAPH_RERANK)
-    client.fetch_model_info()
-    threads, per_thread = 8, 300
-    barrier = threading.Barrier(threads)
-
-    def work() -> None:
-        barrier.wait()
-        for _ in range(per_thread):
-            client._call(lambda: None)
-
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up
-    try:
-        workers = [threading.Thread(target=work) for _ in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-    finally:
-        sys.setswitchinterval(interval)
-    assert client.stats.calls == 1 + threads * per_thread
-
-
 def test_async_client_fetches_config_once_when_first_requests_run_concurrently() -> None:
     class SlowConfig(AsyncFakeTransport):
         async def get_config(self) -> dict[str, Any]:  # type: ignore[override]
@@ -823,8 +803,8 @@ def test_async_client_fetches_config_once_when_first_requests_run_concurrently()
 
 
 @pytest.mark.parametrize("module", [
-    "client", "client._transport", "client.cli", "client.errors", "client.model_info",
-    "client.vocabularies", "kmr.vocabulary",
+    "client", "client._retry", "client._transport", "client.admin", "client.aio", "client.cli",
+    "client.errors", "client.model_info", "client.vocabularies", "kmr.vocabulary",
 ])
 def test_docstring_examples_run_when_collected_by_doctest(module: str) -> None:
     import doctest

@@ -2,7 +2,7 @@
 
 A throwaway CA, a server certificate for 127.0.0.1/localhost, a client certificate and an
 unrelated "wrong" CA are made with the ``openssl`` CLI in a temporary folder. The served
-model is the tiny rerank stand-in of tests/test_local_triton.py; answers are checked with
+model is the tiny rerank stand-in of tests/e2e/test_local_triton.py; answers are checked with
 numpy. Failing connections use one retry, a short backoff and a 3 s timeout, so nothing
 hangs. HTTP over TLS is checked against a Python HTTPS stub (Triton's HTTP endpoint has no
 TLS). Without the server (scripts/setup_triton.sh) or openssl these tests fail (never skip).
@@ -32,13 +32,20 @@ from client import (
     ModelAdmin,
     RecommenderClient,
     ServerUnavailableError,
+    TlsHandshakeError,
 )
 from client._transport import ConnectionOptions, HttpTransport
+from export.cli.serve import add_arguments, grpc_tls_of
 from export.errors import UserError
-from export.local_triton import GrpcTls, LocalTritonServer, TritonInstallation
-from export.serve_command import add_arguments, grpc_tls_of
+from export.triton.local_server import GrpcTls, LocalTritonServer, TritonInstallation
 from kmr import contract
-from tests.test_local_triton import ITEM_TABLE, NUM_ITEMS, USER_TABLE, add_model, build_rerank_onnx
+from tests.support.handmade_graphs import (
+    ITEM_TABLE,
+    NUM_ITEMS,
+    USER_TABLE,
+    add_model,
+    build_rerank_onnx,
+)
 
 pytestmark = pytest.mark.triton
 
@@ -217,6 +224,18 @@ def test_tls_client_fails_fast_when_the_ca_did_not_sign_the_server(
             client.fetch_model_info()
     assert time.monotonic() - started < 15
     assert "root_certificates" in str(info.value)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_admin_wait_until_ready_raises_tls_error_at_once_when_the_ca_did_not_sign_the_server(
+    tls_server, pki, host
+) -> None:
+    url = f"{host}:{tls_server.grpc_url.rsplit(':', 1)[1]}"
+    started = time.monotonic()
+    with ModelAdmin(url, ssl=True, root_certificates=pki.wrong_ca, timeout=3.0) as admin:
+        with pytest.raises(TlsHandshakeError, match="root_certificates"):
+            admin.wait_until_ready(MODEL, timeout=20.0, interval=0.05)
+    assert time.monotonic() - started < 10  # not after the whole 20 s
 
 
 # -- mutual TLS ------------------------------------------------------------------------------

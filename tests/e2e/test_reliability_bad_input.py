@@ -247,29 +247,90 @@ def test_server_rejects_only_the_bad_request_when_client_is_bypassed(served_stac
                                                       SERVER_CASES[name])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "tritonserver 2.51 (nvidia-pytriton 0.7.0) python backend: a request whose inputs are "
-    "all zero bytes (batch 0) segfaults the whole server in libtriton_python.so "
-    "(TRITONBACKEND_ModelInstanceExecute). model.py never sees it; the client refuses empty "
-    "batches; exposed servers need a gateway that refuses them. Strict: passes once fixed."))
-def test_server_survives_and_rejects_when_batch_is_empty_and_inputs_are_zero_bytes(
+def _empty_grpc(url: str, model: str, inputs: list[tuple[str, list[int], bytes]],
+                timeout: float = 5.0) -> str:
+    """Sends raw tensors (name, declared shape, raw bytes) over gRPC; returns the outcome."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name=model)
+    for name, shape, _ in inputs:
+        request.inputs.add(name=name, datatype="INT64", shape=shape)
+    request.raw_input_contents.extend(data for _, _, data in inputs)
+    with grpc.insecure_channel(url) as channel:
+        try:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request,
+                                                                          timeout=timeout)
+        except grpc.RpcError as error:
+            return f"{error.code()}: {error.details()}"
+    return "answered"
+
+
+def _empty_http(url: str, model: str, body: bytes, timeout: float = 5.0) -> str:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://{url}/v2/models/{model}/infer", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return f"HTTP {answer.status}"
+    except urllib.error.HTTPError as error:
+        return f"HTTP {error.code}: {error.read()[:200]!r}"
+
+
+def _empty_requests(stack) -> dict[str, Callable[[], str]]:
+    """Every empty (batch 0) shape we know, over gRPC and HTTP/JSON, for both graphs."""
+    rr, rt = stack.names[RERANK], stack.names[RETRIEVE]
+    user, items, exclude = contract.USER_ID, contract.ITEM_IDS, contract.EXCLUDE_ITEM_IDS
+    grpc_cases = {
+        "rerank u[0,1] i[0,0]": (rr, [(user, [0, 1], b""), (items, [0, 0], b"")]),
+        "rerank u[0,1] i[0,5]": (rr, [(user, [0, 1], b""), (items, [0, 5], b"")]),
+        "rerank u[0,1] only": (rr, [(user, [0, 1], b"")]),
+        "rerank u[0,1] 0 bytes, i[0,5] 40 bytes": (rr, [(user, [0, 1], b""),
+                                                        (items, [0, 5], bytes(40))]),
+        "retrieve u[0,1]": (rt, [(user, [0, 1], b"")]),
+        "retrieve u[0,1] x[0,0]": (rt, [(user, [0, 1], b""), (exclude, [0, 0], b"")]),
+        "retrieve u[0,1] x[0,3]": (rt, [(user, [0, 1], b""), (exclude, [0, 3], b"")]),
+        "retrieve u[0] (rank 1)": (rt, [(user, [0], b"")]),
+    }
+    calls: dict[str, Callable[[], str]] = {
+        f"grpc {name}": (lambda m=model, i=inputs: _empty_grpc(stack.grpc_url, m, i))
+        for name, (model, inputs) in grpc_cases.items()
+    }
+    for model in (rr, rt):
+        body = (b'{"inputs":[{"name":"user_id","shape":[0,1],"datatype":"INT64","data":[]}]}')
+        calls[f"http json {model} u[0,1]"] = (
+            lambda m=model, b=body: _empty_http(stack.http_url, m, b))
+        body = (b'{"inputs":[{"name":"user_id","shape":[0,1],"datatype":"INT64","data":[0]}]}')
+        calls[f"http json {model} u[0,1] data [0]"] = (
+            lambda m=model, b=body: _empty_http(stack.http_url, m, b))
+    return calls
+
+
+def test_server_survives_and_rejects_when_batch_is_empty_in_any_shape(
     served_stack, triton_home
 ) -> None:
+    """Used to SIGSEGV tritonserver 2.51 (python backend, user_id reshaped to rank 0)."""
     from export.triton.local_server import LocalTritonServer
 
     with LocalTritonServer(served_stack.repo, installation=triton_home) as server:
-        throwaway = dataclasses.replace(served_stack, server=server)
-        try:
-            _raw(RETRIEVE, user_id=np.zeros((0, 1), np.int64))(throwaway)
-        except InferenceServerException as error:
-            outcome = f"{error.status()}: {error.message()}"
-        else:
-            outcome = "answered"
-        time.sleep(0.5)
-        print(f"\n[outcome] | raw | all-empty batch (user_id [0, 1]) | {outcome} | "
-              f"server alive: {server.is_running()}")
-        assert server.is_running(), f"tritonserver died on an empty batch ({outcome})"
-        assert outcome.startswith(INVALID)
+        stack = dataclasses.replace(served_stack, server=server)
+        with BackgroundLoad(stack.grpc_url, stack.names, {"served": stack.sessions},
+                            concurrency=4, check_fraction=1.0, num_users=stack.num_users,
+                            num_items=stack.num_items, retries=0) as load:
+            load.wait_for_answers(4)
+            outcomes = {name: call() for name, call in _empty_requests(stack).items()}
+            time.sleep(0.5)
+            alive = server.is_running()
+            load.wait_for_answers(4)  # good traffic still answered after the burst
+        for name, outcome in outcomes.items():
+            print(f"\n[outcome] | raw | empty batch: {name} | {outcome} | alive: {alive}")
+        assert alive, f"tritonserver died on an empty batch: {outcomes}"
+        assert all(o.startswith(("StatusCode.INVALID_ARGUMENT", "HTTP 400"))
+                   for o in outcomes.values()), outcomes
+        result = load.result
+        assert result.ok > 0 and result.error_count == 0 and result.wrong == 0, result.summary()
 
 
 # -- valid edge cases: accepted, and equal to onnxruntime ------------------------------------

@@ -21,7 +21,12 @@ import pytest
 
 from client import ModelAdmin, RecommenderClient
 from export.triton.local_server import LocalTritonServer
-from export.triton.repository import STAGING_PREFIX, clean_stale_staging, existing_versions
+from export.triton.repository import (
+    STAGING_PREFIX,
+    clean_stale_staging,
+    existing_versions,
+    staging_area,
+)
 from kmr import contract
 from tests.support.load import BackgroundLoad, LoadResult, run_load
 from tests.support.served_stack import (
@@ -191,7 +196,8 @@ def test_hot_update_switches_answers_without_failed_requests_when_exported_under
 
 def _staging_dirs(repo: Path, pid: int) -> list[Path]:
     tag = f"{STAGING_PREFIX}{pid}-"
-    return [p for p in [*repo.glob(f"{tag}*"), *repo.glob(f"*/{tag}*")] if p.is_dir()]
+    places = [*repo.glob(f"{tag}*"), *repo.glob(f"*/{tag}*"), *staging_area(repo).glob(f"{tag}*")]
+    return [p for p in places if p.is_dir()]
 
 
 def test_killed_export_stays_invisible_and_serving_version_answers_when_killed_mid_write(

@@ -26,6 +26,7 @@ from export.triton.repository import (
     existing_versions,
     model_paths,
     next_version,
+    staging_area,
 )
 from kmr import contract
 from tests.support.export_helpers import save_artifacts, tiny_model
@@ -176,7 +177,7 @@ def test_export_model_leaves_repository_untouched_when_parity_fails(
 
 def _staged_onnx(repo: Path) -> list[Path]:
     try:
-        return list(repo.glob(f"*/{STAGING_PREFIX}*/{contract.ONNX_FILE}"))
+        return list(staging_area(repo).glob(f"{STAGING_PREFIX}*/{contract.ONNX_FILE}"))
     except FileNotFoundError:  # the export removed a folder (e.g. its probe) mid-scan
         return []
 
@@ -217,7 +218,8 @@ def test_export_cli_leaves_no_version_when_killed_mid_export(tmp_path):
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert list(repo.glob(f"*/{STAGING_PREFIX}*"))  # the kill really hit mid-export
+    assert list(staging_area(repo).glob(f"{STAGING_PREFIX}*"))  # the kill hit mid-export
+    assert not list(repo.rglob(f"{STAGING_PREFIX}*"))  # staging never inside the repository
     assert existing_versions(repo, "mf_rerank") == [1] == existing_versions(repo, "mf_retrieve")
     assert {
         p: p.stat().st_mtime_ns
@@ -228,6 +230,7 @@ def test_export_cli_leaves_no_version_when_killed_mid_export(tmp_path):
     assert subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True).returncode == 0
     assert existing_versions(repo, "mf_rerank") == [1, 2] == existing_versions(repo, "mf_retrieve")
     assert not list(repo.rglob(f"{STAGING_PREFIX}*"))
+    assert not list(staging_area(repo).glob(f"{STAGING_PREFIX}*"))  # the stale one is gone
 
 
 def test_existing_versions_ignores_folders_when_not_ascii_integers(tmp_path):

@@ -10,9 +10,10 @@ and an onnxruntime session per graph for reference answers.
 The pytest fixture ``served_stack`` (tests/conftest.py) is one session-wide stack in
 model control mode ``none``; fault tests start their own (see `start_served_stack`).
 
-Example:
-    >>> with start_served_stack(tmp_path) as stack:  # doctest: +SKIP
-    ...     expected = stack.reference("rerank", users, candidates)
+Example::
+
+    with start_served_stack(tmp_path) as stack:
+        expected = stack.reference("rerank", users, candidates)
 """
 
 from __future__ import annotations

@@ -155,13 +155,13 @@ class TritonPythonModel:
         if user_tensor is None:
             raise RequestError(f"input '{self.user_name}' is missing")
         users = _to_numpy(user_tensor)
-        if users.ndim == 2 and users.shape[1] == 1:
-            users = users[:, 0]
-        if users.ndim != 1 or users.shape[0] < 1:
+        # The config declares dims [1] without reshape: a request's users are [b, 1].
+        if users.ndim != 2 or users.shape[1] != 1 or users.shape[0] < 1:
             raise RequestError(
-                f"input '{self.user_name}' must have shape [batch] (or [batch, 1]); "
+                f"input '{self.user_name}' must have shape [batch, 1] with batch >= 1; "
                 f"received shape {list(users.shape)}"
             )
+        users = users[:, 0]
         if users.dtype.kind not in "iu":
             raise RequestError(f"input '{self.user_name}' must be INT64, received {users.dtype}")
         users = users.astype(np.int64, copy=False)
