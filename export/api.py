@@ -107,6 +107,10 @@ class ExportOptions:
         instances: CPU instance count.
         external_data_threshold_mb: Tables above this many MB (total) are stored as
             external data; 0 forces external data. Default 64.
+        user_vocabulary: A vocabulary file for the user ids (JSON, text or CSV; see
+            `export.vocabularies`). Default: the one ``train`` saved next to the model,
+            else identity (ids are the dense indices the model was trained with).
+        item_vocabulary: The same for the item ids.
 
     Example:
         >>> ExportOptions(graph="both", k=20).model_names()
@@ -126,6 +130,8 @@ class ExportOptions:
     max_queue_delay_us: int = 100
     instances: int = 1
     external_data_threshold_mb: float | None = None
+    user_vocabulary: str | os.PathLike[str] | None = None
+    item_vocabulary: str | os.PathLike[str] | None = None
 
     def validate(self) -> None:
         """Raises ExportError naming the first bad option and what is allowed."""
@@ -172,6 +178,7 @@ class _Job:
 
     archive: Any
     model_path: Path
+    model_dir: Path | None  # where train's vocabularies may be; None: in-memory model
     repo: Path
     options: ExportOptions
     progress: Progress
@@ -204,34 +211,6 @@ def open_trained_archive(model_path: str | os.PathLike[str]) -> Any:
         raise ExportError(f"Cannot load {str(path)!r} as a Keras model: {error}") from error
 
 
-def _vocabulary_files(model_path: Path, num_users: int, num_items: int) -> list[Path]:
-    from kmr.vocabulary import Vocabulary
-
-    files = []
-    for file_name, size, what in (
-        (contract.USER_VOCAB_FILE, num_users, "users"),
-        (contract.ITEM_VOCAB_FILE, num_items, "items"),
-    ):
-        path = model_path.parent / file_name
-        if not path.is_file():
-            raise ExportError(
-                f"Vocabulary {str(path)!r} is missing: export publishes the vocabularies "
-                f"saved next to {model_path.name}."
-            )
-        if path.stat().st_size <= _VOCAB_CHECK_MAX_BYTES:
-            try:
-                vocab = Vocabulary.load(path)
-            except (ValueError, KeyError, TypeError) as error:
-                raise ExportError(f"Bad vocabulary {str(path)!r}: {error}") from error
-            if len(vocab) != size:
-                raise ExportError(
-                    f"Vocabulary {str(path)!r} has {len(vocab)} ids but the model has "
-                    f"{size} {what}."
-                )
-        files.append(path)
-    return files
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -241,7 +220,7 @@ def _sha256(path: Path) -> str:
 
 
 def export_model(
-    model_path: str | os.PathLike[str],
+    model: str | os.PathLike[str] | Any,
     repo: str | os.PathLike[str],
     options: ExportOptions | None = None,
     *,
@@ -250,7 +229,9 @@ def export_model(
     """Exports a trained recommender into a Triton model repository.
 
     Args:
-        model_path: The trained ``model.keras``; its folder holds the vocabularies.
+        model: A saved ``.keras`` file (its folder may hold train's vocabularies), or an
+            in-memory ``keras.Model`` built from the kmr layers (saved to a temporary
+            file first, so it is exported exactly as it would be from disk).
         repo: The model repository root (created if missing).
         options: What to export and how to serve it (default `ExportOptions()`).
         progress: Called as ``progress(stage, seconds, message)`` after each stage.
@@ -269,7 +250,22 @@ def export_model(
     """
     options = options or ExportOptions()
     options.validate()
-    model_path = Path(model_path)
+    if hasattr(model, "save") and hasattr(model, "layers"):  # an in-memory keras.Model
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="kmr-export-") as folder:
+            path = Path(folder) / contract.MODEL_FILE
+            try:
+                model.save(path)
+            except Exception as error:  # noqa: BLE001 - Keras raises many types
+                raise ExportError(f"Cannot save the in-memory model: {error}") from error
+            return _export_file(path, None, repo, options, progress)
+    path = Path(model)
+    return _export_file(path, path.parent, repo, options, progress)
+
+
+def _export_file(model_path: Path, model_dir: Path | None, repo: str | os.PathLike[str],
+                 options: ExportOptions, progress: Progress) -> ExportResult:
     try:
         for model_name, _ in options.model_names():
             check_model_name(model_name)
@@ -284,7 +280,7 @@ def export_model(
     start = time.perf_counter()
     archive = open_trained_archive(model_path)
     try:
-        job = _Job(archive, model_path, repo, options, progress)
+        job = _Job(archive, model_path, model_dir, repo, options, progress)
         return _export_archive(job, plans, start)
     finally:
         archive.close()
@@ -309,7 +305,10 @@ def _export_archive(job: _Job, plans: list[tuple[str, str, int]], start: float) 
     archive, k = job.archive, job.options.k
     if k > archive.num_items:
         raise ExportError(f"Invalid k={k}: the model has only {archive.num_items} items.")
-    vocab_files = _vocabulary_files(job.model_path, archive.num_users, archive.num_items)
+    from export.vocabularies import plan_vocabularies
+
+    vocabularies = plan_vocabularies(job.model_dir, (archive.num_users, archive.num_items),
+                                     (job.options.user_vocabulary, job.options.item_vocabulary))
     # Always run: it is also Keras's own safe_mode deserialisation of the config.
     keras_cases = _keras_rerank_cases(archive, k)
     from export.onnx.graphs import RecommenderWeights
@@ -328,7 +327,7 @@ def _export_archive(job: _Job, plans: list[tuple[str, str, int]], start: float) 
                                     replace=job.options.force)
             staged.append(staging)
             models.append(_stage_graph(job, weights, keras_cases, staging, kind, v,
-                                       vocab_files))
+                                       vocabularies))
         start = time.perf_counter()
         for staging in staged:
             staging.publish()
@@ -352,7 +351,7 @@ def _stage_graph(
     staging: StagedVersion,
     kind: str,
     version: int,
-    vocab_files: list[Path],
+    vocabularies: list[Any],
 ) -> PublishedModel:
     """Converts, checks and verifies one graph into ``staging`` (not yet published)."""
     from export.triton.config import build_model_config, config_to_text
@@ -369,12 +368,13 @@ def _stage_graph(
     session = None  # free the session's copy of the weights before the next graph
     gc.collect()
 
-    for path in vocab_files:
-        shutil.copyfile(path, staging.dir / path.name)
+    for vocabulary in vocabularies:
+        vocabulary.write(staging.dir)
     if options.backend == BACKEND_PYTHON:
         _ship_python_backend(staging.dir)
     staging.config_text = config_to_text(config)
     manifest = _manifest(job, converted, kind, weights, parity)
+    manifest["vocabularies"] = {v.target: v.origin for v in vocabularies}
     (staging.dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return PublishedModel(staging.paths.model_dir.name, kind, version,
                           staging.paths.version_dir, converted.external_data, parity)
@@ -468,15 +468,19 @@ def _keras_rerank_cases(archive: Any, k: int) -> list[tuple]:
 
     rng = np.random.default_rng(1)
     users = rng.integers(0, archive.num_users, 5).astype(np.int64)
+    config = archive.config
+    fixed = config.item_input.shape[1] if config.item_input is not None else None
     cases = []
-    for n in (1, k + 5):
+    for n in (fixed,) if fixed else (1, k + 5):
         items = rng.integers(0, archive.num_items, (5, n)).astype(np.int64)
         try:
             model, local_users, local_items = sample_model(archive, users, items)
+            answer = keras_rerank(model, local_users, local_items,
+                                  (config.user_input, config.item_input), k)
         except (ArchiveError, ValueError) as error:
             raise ExportError(
                 f"Cannot load {str(archive.path)!r} as a Keras model: {error}") from error
-        cases.append((users, items, *keras_rerank(model, local_users, local_items)))
+        cases.append((users, items, *answer))
     return cases
 
 
@@ -516,7 +520,8 @@ def _manifest(job: _Job, converted: Any, kind: str, emb: Any,
     model_path, timings = job.model_path, job.timings
     return {
         "format": "kmr-export-manifest/1",
-        "source_model": str(model_path.resolve()),
+        "source_model": (str(model_path.resolve()) if job.model_dir is not None
+                         else "<in-memory keras.Model>"),
         "source_model_bytes": model_path.stat().st_size,
         "graph_kind": kind,
         "k": job.options.k,

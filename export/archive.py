@@ -57,14 +57,15 @@ _EMBEDDING = "CollaborativeUserItemEmbedding"
 _SIMILARITY = "NormalizedDotProductSimilarity"
 _SELECTOR = "TopKRecommendationSelector"
 _KMR_LAYERS = (_EMBEDDING, _SIMILARITY, _SELECTOR)
-# Every class a build_recommender config may name (layers, dtype policies, tensors).
+# Layers that only move axes: a model may route the embedding outputs through them.
+_SHAPE_ONLY = frozenset({"ExpandDims", "Reshape", "Flatten", "Squeeze"})
+# Every class a served model's config may name (layers, dtype policies, tensors): the kmr
+# layers, inputs and axis-only plumbing. Anything else (a Lambda, a Dense, ...) computes
+# something the served graphs would not reproduce, so it is refused.
 ALLOWED_CLASSES = frozenset(
-    {"Functional", "InputLayer", "ExpandDims", "DTypePolicy", "__keras_tensor__",
+    {"Functional", "InputLayer", "DTypePolicy", "__keras_tensor__", *_SHAPE_ONLY,
      *_KMR_LAYERS}
 )
-# The recommender's layers, in any order: class name -> how many.
-_EXPECTED_LAYERS = {"InputLayer": 2, _EMBEDDING: 1, "ExpandDims": 1, _SIMILARITY: 1,
-                    _SELECTOR: 1}
 _MAX_CONFIG_BYTES = 1 << 20
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 _READ_ROWS = 1 << 16  # rows per h5py read on the fallback path
@@ -172,6 +173,15 @@ class ArchiveTable:
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """One model input as its InputLayer declares it (``shape`` includes the batch axis)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
 class RecommenderConfig:
     """What the validated ``config.json`` says about the recommender.
 
@@ -183,6 +193,7 @@ class RecommenderConfig:
         embedding_dim: Width D.
         normalization: The similarity layer's normalization option.
         similarity_config: The similarity layer's config (to rebuild it).
+        selector_k: The model's `TopKRecommendationSelector` k, or None without one.
     """
 
     model_config: dict[str, Any]
@@ -192,6 +203,9 @@ class RecommenderConfig:
     embedding_dim: int
     normalization: str
     similarity_config: dict[str, Any]
+    selector_k: int | None = None
+    user_input: InputSpec | None = None
+    item_input: InputSpec | None = None
 
 
 class KerasArchive:
@@ -328,23 +342,26 @@ def parse_config(raw: bytes | str) -> RecommenderConfig:
         got = config.get("class_name") if isinstance(config, dict) else type(config).__name__
         raise ArchiveError(f"expected a Functional model config. Received: {got!r}")
     config = {key: value for key, value in config.items() if key != "compile_config"}
-    _check_classes(config, "config")
     layers = config.get("config", {}).get("layers")
     if not isinstance(layers, list):
         raise ArchiveError("the model config has no layer list.")
-    counts: dict[str, int] = {}
-    by_class: dict[str, dict[str, Any]] = {}
-    for layer in layers:
-        if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
-            raise ArchiveError("a layer entry of the model config is malformed.")
-        cls = layer.get("class_name")
-        counts[cls] = counts.get(cls, 0) + 1
-        by_class[cls] = layer
-    if counts != _EXPECTED_LAYERS:
-        raise ArchiveError(
-            f"not the kmr recommender structure: expected layers {_EXPECTED_LAYERS}. "
-            f"Received: {counts}"
-        )
+    # Both checks run before either is reported, so a model with two embeddings and an Add
+    # hears about both, and a Lambda is always named.
+    try:
+        _check_classes(config, "config")
+        class_error = None
+    except ArchiveError as error:
+        class_error = error
+    try:
+        by_class = _kmr_layers(layers)
+    except ArchiveError as error:
+        if class_error is not None:
+            raise ArchiveError(f"{error} Also, {class_error}") from None
+        raise
+    if class_error is not None:
+        raise class_error
+    user_input, item_input = _check_wiring(layers, by_class)
+    _check_float32(by_class)
     emb = by_class[_EMBEDDING]["config"]
     sizes = [emb.get(key) for key in ("num_users", "num_items", "embedding_dim")]
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
@@ -357,10 +374,123 @@ def parse_config(raw: bytes | str) -> RecommenderConfig:
             f"unknown similarity normalization {similarity.get('normalization')!r}: "
             f"expected one of {NORMALIZATIONS}."
         )
-    if by_class["ExpandDims"]["config"].get("axis") != 1:
-        raise ArchiveError("the expand_dims op of the recommender must use axis=1.")
+    selector = by_class.get(_SELECTOR)
     return RecommenderConfig(config, str(by_class[_EMBEDDING].get("name")), *sizes,
-                             similarity["normalization"], similarity)
+                             similarity["normalization"], similarity,
+                             selector["config"].get("k") if selector else None,
+                             user_input, item_input)
+
+
+def _kmr_layers(layers: list[Any]) -> dict[str, dict[str, Any]]:
+    """The kmr layers by class: one embedding, one similarity, at most one selector."""
+    found: dict[str, list[dict[str, Any]]] = {cls: [] for cls in _KMR_LAYERS}
+    for layer in layers:
+        if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
+            raise ArchiveError("a layer entry of the model config is malformed.")
+        if layer.get("class_name") in found:
+            found[layer["class_name"]].append(layer)
+    for cls, most in ((_EMBEDDING, 1), (_SIMILARITY, 1), (_SELECTOR, 1)):
+        names = [str(layer.get("name")) for layer in found[cls]]
+        if len(names) > most or (cls != _SELECTOR and not names):
+            need = "at most one" if cls == _SELECTOR else "exactly one"
+            raise ArchiveError(
+                f"the model has {len(names)} {cls} layers {names}: export serves models "
+                f"with {need} {cls} (one {_EMBEDDING} feeding one {_SIMILARITY}, "
+                f"optionally one {_SELECTOR}).")
+    return {cls: layers[0] for cls, layers in found.items() if layers}
+
+
+def _sources(layer: dict[str, Any]) -> list[tuple[str, int]]:
+    """``(layer name, output index)`` of every tensor the layer's first call consumes."""
+    out: list[tuple[str, int]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("class_name") == "__keras_tensor__":
+                history = node.get("config", {}).get("keras_history")
+                if isinstance(history, list) and len(history) == 3:
+                    out.append((str(history[0]), int(history[2])))
+                return
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    nodes = layer.get("inbound_nodes") or []
+    if len(nodes) > 1:
+        raise ArchiveError(f"layer {layer.get('name')!r} is called {len(nodes)} times; "
+                           "export serves models whose layers are each called once.")
+    walk(nodes[:1])
+    return out
+
+
+def _check_wiring(layers: list[Any],
+                  kmr: dict[str, dict[str, Any]]) -> tuple[InputSpec, InputSpec]:
+    """The similarity must score the embedding's two outputs, fed by the model's inputs.
+
+    Returns the user and item inputs of the model.
+    """
+    by_name = {str(layer.get("name")): layer for layer in layers}
+
+    def origin(source: tuple[str, int]) -> tuple[str, int]:
+        seen = set()
+        while by_name.get(source[0], {}).get("class_name") in _SHAPE_ONLY:
+            if source in seen:
+                break
+            seen.add(source)
+            inputs = _sources(by_name[source[0]])
+            if len(inputs) != 1:
+                break
+            source = inputs[0]
+        return source
+
+    emb, sim = str(kmr[_EMBEDDING].get("name")), str(kmr[_SIMILARITY].get("name"))
+    fed = sorted(origin(s) for s in _sources(kmr[_SIMILARITY]))
+    if fed != [(emb, 0), (emb, 1)]:
+        raise ArchiveError(
+            f"the {_SIMILARITY} layer {sim!r} is fed by {fed}, not by the user and item "
+            f"vectors of the {_EMBEDDING} layer {emb!r}: export can only serve a "
+            "similarity of the embedding's own outputs.")
+    inputs = [origin(s) for s in _sources(kmr[_EMBEDDING])]
+    if len(inputs) != 2 or any(by_name.get(name, {}).get("class_name") != "InputLayer"
+                               for name, _ in inputs):
+        raise ArchiveError(f"the {_EMBEDDING} layer {emb!r} must take [user ids, item ids] "
+                           f"straight from the model's inputs. Received: {inputs}")
+    if _SELECTOR in kmr and [origin(s) for s in _sources(kmr[_SELECTOR])] != [(sim, 0)]:
+        raise ArchiveError(f"the {_SELECTOR} layer must select from the scores of {sim!r}.")
+    specs = []
+    for (name, _), what in zip(inputs, ("user ids", "item ids"), strict=True):
+        config = by_name[name]["config"]
+        shape = config.get("batch_shape") or config.get("batch_input_shape")
+        dtype = config.get("dtype")
+        dtype = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+        if dtype not in ("int32", "int64"):
+            raise ArchiveError(f"the model input {name!r} ({what}) has dtype {dtype!r}: "
+                               "expected int32 or int64 ids.")
+        if not isinstance(shape, list | tuple) or len(shape) not in (1, 2, 3):
+            raise ArchiveError(f"the model input {name!r} ({what}) has shape {shape!r}.")
+        specs.append(InputSpec(name, tuple(shape), dtype))
+    user, item = specs
+    if user.shape[1:] not in ((), (1,)):
+        raise ArchiveError(f"the user input {user.name!r} has shape {list(user.shape)}: "
+                           "expected [batch] or [batch, 1].")
+    if len(item.shape) != 2:
+        raise ArchiveError(f"the item input {item.name!r} has shape {list(item.shape)}: "
+                           "expected [batch, candidates].")
+    return user, item
+
+
+def _check_float32(kmr: dict[str, dict[str, Any]]) -> None:
+    """Refuses reduced-precision dtype policies (decided: serve float32 weights only)."""
+    for cls, layer in kmr.items():
+        dtype = layer["config"].get("dtype")
+        name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+        if name not in (None, "float32"):
+            raise ArchiveError(
+                f"the {cls} layer {layer.get('name')!r} uses dtype policy {name!r}: export "
+                "serves float32 models only. Rebuild the model with dtype='float32', copy "
+                "the weights in (model.set_weights) and save it again.")
 
 
 def _check_classes(node: Any, where: str) -> None:

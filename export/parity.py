@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -181,10 +182,35 @@ def _merge_top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarra
     return out_ids, out_scores
 
 
-def keras_rerank(model: keras.Model, user_ids: np.ndarray, item_ids: np.ndarray) -> tuple:
-    """``model([user_ids, item_ids])`` as numpy ``(positions, scores)`` (valid ids only)."""
-    positions, scores = model([np.asarray(user_ids, np.int64), np.asarray(item_ids, np.int64)])
-    return np.asarray(positions).astype(np.int64), np.asarray(scores)
+def keras_rerank(model: keras.Model, user_ids: np.ndarray, item_ids: np.ndarray,
+                 inputs: tuple[Any, Any] | None = None, k: int | None = None) -> tuple:
+    """The model's own top-k as numpy ``(positions, scores)`` (valid ids only).
+
+    ``inputs`` are the model's user and item `export.archive.InputSpec`s: the ids are fed
+    by input name, with the model's dtype and user shape ([B] or [B, 1]). The answer is
+    the model's `TopKRecommendationSelector` output, or, for a model without one, the
+    top ``k`` of its similarity scores (stable: ties to the lower position). Extra
+    outputs of the model are ignored.
+    """
+    parts = recommender_parts(model)
+    target = parts.selector if parts.selector is not None else parts.similarity
+    scorer = keras.Model(model.inputs, target.output)
+    users, items = np.asarray(user_ids, np.int64), np.asarray(item_ids, np.int64)
+    if inputs is None:
+        feed: Any = [users, items]
+    else:
+        user, item = inputs
+        if len(user.shape) == 2:
+            users = users.reshape(-1, 1)
+        feed = {user.name: users.astype(user.dtype), item.name: items.astype(item.dtype)}
+    out = scorer(feed)
+    if parts.selector is not None:
+        positions, scores = out
+        return np.asarray(positions).astype(np.int64), np.asarray(scores)
+    scores = np.asarray(out)
+    width = min(k or scores.shape[1], scores.shape[1])
+    positions = np.argsort(-scores, axis=1, kind="stable")[:, :width]
+    return positions.astype(np.int64), np.take_along_axis(scores, positions, axis=1)
 
 
 def compare(

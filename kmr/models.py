@@ -62,7 +62,9 @@ class RecommenderParts:
 
 
 def recommender_parts(model: keras.Model) -> RecommenderParts:
-    """Finds the three kmr layers of ``model`` (each must appear exactly once).
+    """Finds the kmr layers of ``model``: one embedding, one similarity, at most one selector.
+
+    ``selector`` is None for a model without a `TopKRecommendationSelector`.
 
     Example:
         >>> parts = recommender_parts(build_recommender(5, 20, 4, k=3))
@@ -79,7 +81,7 @@ def recommender_parts(model: keras.Model) -> RecommenderParts:
             if isinstance(layer, cls):
                 matches.append(layer)
     for cls, matches in found.items():
-        if len(matches) != 1:
+        if len(matches) != 1 and not (cls is TopKRecommendationSelector and not matches):
             raise ValueError(
                 f"Expected exactly one {cls.__name__} layer in model {model.name!r}. "
                 f"Received: {len(matches)}"
@@ -87,5 +89,5 @@ def recommender_parts(model: keras.Model) -> RecommenderParts:
     return RecommenderParts(
         embedding=found[CollaborativeUserItemEmbedding][0],
         similarity=found[NormalizedDotProductSimilarity][0],
-        selector=found[TopKRecommendationSelector][0],
+        selector=(found[TopKRecommendationSelector] or [None])[0],
     )

@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--queue-delay-us", type=int, default=100)
     parser.add_argument("--instances", type=int, default=1)
+    parser.add_argument("--user-vocabulary", default=None, metavar="FILE",
+                        help="raw user ids: our JSON, or one id per line (.txt), or the "
+                        "first column of a .csv/.tsv with a header (default: the file train "
+                        "saved next to the model, else identity: ids are the dense indices)")
+    parser.add_argument("--item-vocabulary", default=None, metavar="FILE",
+                        help="raw item ids, same formats as --user-vocabulary")
     parser.add_argument("--external-data-threshold-mb", type=float, default=None,
                         help="weights above this total size go to model.onnx.data "
                         "(default 64; 0 forces external data)")
@@ -63,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
             max_queue_delay_us=args.queue_delay_us,
             instances=args.instances,
             external_data_threshold_mb=args.external_data_threshold_mb,
+            user_vocabulary=args.user_vocabulary,
+            item_vocabulary=args.item_vocabulary,
         ),
         progress=progress,
     )

@@ -74,13 +74,44 @@ def test_export_cli_fails_without_writing_when_model_corrupt(tmp_path, capsys):
     assert not any((tmp_path / "repo").iterdir())
 
 
-def test_export_cli_fails_when_vocabulary_missing(tmp_path, artifacts, capsys):
+def test_export_cli_publishes_identity_vocabularies_when_none_are_saved(tmp_path, artifacts):
+    import json
+
+    from kmr.vocabulary import Vocabulary
+
     lone = tmp_path / "lone"
     lone.mkdir()
     (lone / "model.keras").write_bytes(artifacts.read_bytes())
-    assert _export(lone / "model.keras", tmp_path / "repo", "--k", "3") == 1
-    assert "Vocabulary" in capsys.readouterr().err
-    assert not any((tmp_path / "repo").iterdir())
+    assert _export(lone / "model.keras", tmp_path / "repo", "--k", "3") == 0
+    version = tmp_path / "repo" / "mf" / "1"
+    assert Vocabulary.load(version / "item_vocabulary.json").ids == tuple(range(50))
+    manifest = json.loads((version / "export_manifest.json").read_text())
+    assert manifest["vocabularies"] == {"user_vocabulary.json": "identity",
+                                        "item_vocabulary.json": "identity"}
+
+
+def test_export_cli_reads_vocabulary_files_when_given_as_text(tmp_path, artifacts):
+    from kmr.vocabulary import Vocabulary
+
+    items = tmp_path / "items.txt"
+    items.write_text("".join(f"{i:04d}\n" for i in range(50)))  # leading zeros kept
+    users = tmp_path / "users.csv"
+    users.write_text("user\n" + "".join(f"u{i}\n" for i in range(20)))
+    assert _export(artifacts, tmp_path / "repo", "--k", "3", "--item-vocabulary", str(items),
+                   "--user-vocabulary", str(users)) == 0
+    version = tmp_path / "repo" / "mf" / "1"
+    assert Vocabulary.load(version / "item_vocabulary.json").ids[:2] == ("0000", "0001")
+    assert Vocabulary.load(version / "user_vocabulary.json").ids[-1] == "u19"
+
+
+def test_export_cli_fails_naming_sizes_when_vocabulary_file_is_short(tmp_path, artifacts,
+                                                                     capsys):
+    items = tmp_path / "items.txt"
+    items.write_text("a\nb\n")
+    assert _export(artifacts, tmp_path / "repo", "--k", "3", "--item-vocabulary",
+                   str(items)) == 1
+    assert "has 2 ids but the model has 50 rows" in capsys.readouterr().err
+    assert not (tmp_path / "repo" / "mf").exists()
 
 
 def test_export_cli_fails_when_repository_not_writable(tmp_path, artifacts, capsys):

@@ -196,8 +196,10 @@ def test_parse_config_refuses_when_structure_differs(saved):
     _, path = saved
     config = _config(path)
     extra = json.loads(json.dumps(config))
-    extra["config"]["layers"].append(json.loads(json.dumps(_layer(config, "ExpandDims"))))
-    with pytest.raises(ArchiveError, match="structure"):
+    twin = json.loads(json.dumps(_layer(config, "CollaborativeUserItemEmbedding")))
+    twin["name"] = "second_embedding"
+    extra["config"]["layers"].append(twin)
+    with pytest.raises(ArchiveError, match="2 CollaborativeUserItemEmbedding layers"):
         parse_config(json.dumps(extra))
     sizes = json.loads(json.dumps(config))
     _layer(sizes, "CollaborativeUserItemEmbedding")["config"]["num_items"] = -4
