@@ -1,19 +1,27 @@
 """Thin Python client of kmr recommenders served by NVIDIA Triton.
 
 Imports tritonclient, numpy and ``kmr.contract`` / ``kmr.vocabulary`` only: never
-TensorFlow or Keras. Raw ids go in and come out; the vocabularies published next to
-the model map them to the dense indices the model uses.
+TensorFlow or Keras. Raw ids go in and come out: a raw-id model (the default export)
+maps them in its graph, so the client needs only a URL and a model name; for a
+dense-index model the vocabularies published next to each version map them.
 
-Usage:
-    >>> from client import RecommenderClient
-    >>> with RecommenderClient("127.0.0.1:8001", "movielens_retrieve",
-    ...                        vocabularies="model_repository") as client:  # doctest: +SKIP
-    ...     info = client.model_info                  # graph kind, k, sizes, limits
-    ...     top = client.recommend([1, 7], k=5, exclude=[[318], []])
-    ...     top.item_ids, top.scores                  # [2, 5] raw ids, [2, 5] float32
-    >>> with RecommenderClient("127.0.0.1:8000", "movielens_rerank",
-    ...                        protocol="http") as client:  # doctest: +SKIP
-    ...     client.rerank([0], [[10, 42, 7]], k=2, raw_ids=False).positions
+Usage (needs a running server)::
+
+    from client import RecommenderClient
+    with RecommenderClient("127.0.0.1:8001", "movielens_retrieve") as client:
+        info = client.model_info                  # graph kind, id kind, k, limits
+        top = client.recommend([1, 7], k=5, exclude=[[318], []])
+        top.item_ids, top.scores                  # [2, 5] raw ids (None: empty), float32
+        top.num_results, top.model_version        # items per row, the version that answered
+    with RecommenderClient("127.0.0.1:8000", "mf_index_rerank", protocol="http") as client:
+        client.rerank([0], [[10, 42, 7]], k=2, raw_ids=False).positions
+
+Empty slots are told by ``num_results`` / ``Recommendations.valid``, never by the id:
+    >>> import numpy as np
+    >>> top = Recommendations(user_ids=np.array([1]), item_ids=np.array([[0, None]]),
+    ...     scores=np.array([[0.9, -np.inf]], np.float32), num_results=np.array([1]))
+    >>> top.item_ids[top.valid].tolist()
+    [0]
 
 Async (gRPC): ``client.aio.AsyncRecommenderClient`` has the same methods as coroutines.
 TLS and headers: the clients' ``ssl``, ``root_certificates``, ``private_key``,

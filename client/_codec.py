@@ -1,50 +1,93 @@
-"""Validation, encoding and decoding shared by the sync and async clients.
+"""Planning and decoding shared by the sync and async clients (no I/O).
 
-A ``plan_*`` function checks a request against the model facts, maps raw ids to dense
-indices and splits the batch into wire-ready chunks; `Plan.finish` turns the chunk
-outputs back into one `Recommendations`. No I/O happens here, so one piece of code
-serves both clients and every protocol.
+A ``plan_*`` function checks a request against the model facts, encodes the ids
+(`client._encode`) and splits the batch into wire-ready chunks; `Plan.finish` checks
+every chunk's answer against the contract and turns the answers back into one
+`Recommendations`. One piece of code serves both clients and every protocol.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from client.errors import InvalidRequestError, ModelContractError, UnknownRawIdError
+from client._encode import (
+    check_raw_mode,
+    chunk_bounds,
+    encode_candidates,
+    encode_exclusions,
+    encode_users,
+    pad_rows,
+    user_wire,
+)
+from client._ids import decode_raw, wire_is_pad
+from client._transport import answer_version
+from client.errors import InvalidRequestError, ModelContractError
 from client.model_info import ModelInfo
 from client.vocabularies import Vocabularies
 from kmr import contract
-from kmr.vocabulary import UnknownIdError, Vocabulary
+from kmr.vocabulary import Vocabulary
 
 
 @dataclass(frozen=True)
 class Recommendations:
     """Top-k results, one row per requested user, best first.
 
+    Which slots hold an item is told by ``num_results`` (and `valid`), never by the id
+    value: a raw id may be ``-1``, ``0`` or ``""``.
+
     Attributes:
-        user_ids: The user ids as requested (raw or dense), shape [B].
-        item_ids: Shape [B, k]. Raw item ids (dtype object, None in empty slots) when
-            the request used raw ids; otherwise dense indices (int64, -1 in empty slots).
-        scores: float32 [B, k]; -inf in empty slots.
-        item_indices: Dense item indices, int64 [B, k]; -1 in empty slots.
+        user_ids: The user ids as requested [B] (raw-id models: as sent, e.g. the text
+            of an int for a str model).
+        item_ids: Shape [B, k]. Raw item ids (dtype object: Python int for int-id
+            models, str for str-id models; None in empty slots) when the call used raw
+            ids; otherwise dense indices (int64, -1 in empty slots).
+        scores: float32 [B, k]; -inf in empty slots (the server's finite
+            `kmr.contract.EMPTY_SCORE` is turned back into -inf).
+        item_indices: Dense item indices, int64 [B, k], -1 in empty slots, for
+            dense-index models. None for raw-id models: their graph maps ids itself and
+            no dense index ever reaches the client.
         positions: Rerank only: int64 [B, k] position of each item in that user's
             candidate list, -1 in empty slots. None for retrieve models.
+        num_results: int64 [B]: how many leading slots of each row hold an item (at
+            most k). None only for a result built by hand.
+        model_version: The model version that answered, e.g. ``"3"``. When the chunks
+            of one call were answered by several versions (a hot swap mid-call), their
+            versions joined by ``","`` in numeric order (``"3,4"``); every chunk was
+            then checked (and, for dense-index models, decoded) with its own version's
+            facts. ``""`` when the server did not say.
+
+    Example:
+        >>> r = Recommendations(user_ids=np.array(["u"]), item_ids=np.array([[-1, None]]),
+        ...     scores=np.array([[0.5, -np.inf]], dtype=np.float32),
+        ...     num_results=np.array([1]), model_version="2")
+        >>> r.valid.tolist(), r.item_ids[r.valid].tolist()
+        ([[True, False]], [-1])
     """
 
     user_ids: np.ndarray
     item_ids: np.ndarray
     scores: np.ndarray
-    item_indices: np.ndarray
+    item_indices: np.ndarray | None = None
     positions: np.ndarray | None = None
+    num_results: np.ndarray | None = None
+    model_version: str = ""
 
     @property
     def valid(self) -> np.ndarray:
-        """Boolean [B, k]: True where a slot holds an item."""
-        return self.item_indices != contract.INVALID_ID
+        """Boolean [B, k]: True where a slot holds an item (from ``num_results``)."""
+        if self.num_results is not None:
+            k = self.scores.shape[1]
+            return np.arange(k)[None, :] < np.asarray(self.num_results).reshape(-1, 1)
+        if self.item_indices is not None:
+            return self.item_indices != contract.INVALID_ID
+        ids = np.asarray(self.item_ids)
+        if ids.dtype == object:
+            return np.vectorize(lambda v: v is not None, otypes=[bool])(ids)
+        return ids != contract.INVALID_ID
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -52,30 +95,84 @@ class Recommendations:
 
 @dataclass(frozen=True)
 class Plan:
-    """Wire-ready chunks of one request and what is needed to decode the answers."""
+    """Wire-ready chunks of one request and what is needed to decode the answers.
+
+    Attributes:
+        item_vocabulary: Set when the answers' dense indices are decoded with it (a
+            dense-index model called with raw ids).
+        version: The version whose vocabularies encoded the ids (None: none used, or
+            vocabularies whose version is not known yet).
+        unknown_exclusions: Exclusion ids dropped because the vocabulary lacks them.
+        rebuild: Re-encodes the same request for another version's vocabularies; set
+            when the ids were mapped with a version's vocabularies (only that version's
+            answers may be decoded).
+    """
 
     chunks: list[dict[str, np.ndarray]]
     outputs: tuple[str, ...]
     k: int
     user_ids: np.ndarray
-    item_vocabulary: Vocabulary | None
+    id_kind: str = contract.IDS_INDEX
+    item_vocabulary: Vocabulary | None = None
+    version: str | None = None
+    unknown_exclusions: int = 0
+    rebuild: Callable[[str, Vocabularies], Plan] | None = field(
+        default=None, compare=False, repr=False)
 
-    def finish(self, answers: Sequence[Mapping[str, np.ndarray]]) -> Recommendations:
-        """Slices every chunk's outputs to k, reassembles them in order and maps ids."""
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in self.outputs}
-        for chunk, answer in zip(self.chunks, answers, strict=True):
-            rows = len(chunk[contract.USER_ID])
-            for name in self.outputs:
-                parts[name].append(_output(answer, name, rows, self.k))
-        merged = {name: np.concatenate(arrays) for name, arrays in parts.items()}
-        indices = merged[contract.TOP_ITEM_IDS].astype(np.int64, copy=False)
+    def finish(self, answers: Sequence[tuple[Plan, Mapping[str, Any]]]) -> Recommendations:
+        """Checks and decodes each chunk (with the plan that sent it), in order.
+
+        Raises:
+            ModelContractError: an answer breaks the contract (missing output, wrong
+                shape, ``num_results`` inconsistent with the ids, index outside the
+                vocabulary).
+        """
+        parts = [plan.decode(i, answer) for i, (plan, answer) in enumerate(answers)]
+        merged = {name: np.concatenate([p[name] for p in parts])
+                  for name in parts[0] if parts[0][name] is not None}
+        versions = {answer_version(answer) for _, answer in answers} - {""}
         return Recommendations(
             user_ids=self.user_ids,
-            item_ids=_to_raw(self.item_vocabulary, indices),
-            scores=merged[contract.TOP_SCORES].astype(np.float32, copy=False),
-            item_indices=indices,
-            positions=merged.get(contract.TOP_POSITIONS),
+            item_ids=merged["item_ids"],
+            scores=merged["scores"],
+            item_indices=merged.get("item_indices"),
+            positions=merged.get("positions"),
+            num_results=merged["num_results"],
+            model_version=",".join(sorted(versions, key=_version_key)),
         )
+
+    def decode(self, index: int, answer: Mapping[str, Any]) -> dict[str, np.ndarray | None]:
+        """One chunk's answer, checked and decoded (item ids sliced to k)."""
+        rows, k = len(self.chunks[index][contract.USER_ID]), self.k
+        ids = _output(answer, contract.TOP_ITEM_IDS, rows, k)
+        width = ids.shape[1]
+        scores = _output(answer, contract.TOP_SCORES, rows, k, width)
+        positions = None
+        if contract.TOP_POSITIONS in self.outputs:
+            positions = _output(answer, contract.TOP_POSITIONS, rows, k, width).astype(np.int64)
+        pad = wire_is_pad(ids, self.id_kind)
+        if contract.NUM_RESULTS in self.outputs:
+            counts = _num_results(answer, rows, width)
+        else:  # an older dense-index export: empty slots are the -1 ids
+            counts = (~pad).sum(axis=1).astype(np.int64)
+        _check_counts(counts, pad, positions)
+        valid = np.arange(k)[None, :] < counts[:, None]
+        ids = ids[:, :k]
+        indices = None
+        if self.id_kind == contract.IDS_INDEX:
+            indices = np.where(valid, ids.astype(np.int64), contract.INVALID_ID)
+            item_ids = _to_raw(self.item_vocabulary, indices)
+        else:
+            item_ids = decode_raw(ids, self.id_kind, valid)
+        return {
+            "item_ids": item_ids,
+            "scores": np.where(valid, scores[:, :k].astype(np.float32), -np.inf).astype(
+                np.float32),
+            "item_indices": indices,
+            "positions": None if positions is None else np.where(
+                valid, positions[:, :k], -1),
+            "num_results": np.minimum(counts, k),
+        }
 
 
 def plan_recommend(
@@ -86,27 +183,22 @@ def plan_recommend(
     k: int | None,
     exclude: Any,
     raw_ids: bool,
+    version: str | None = None,
 ) -> Plan:
     """Validates and encodes a retrieve request (see `RecommenderClient.recommend`)."""
     _check_kind(info, contract.GRAPH_RETRIEVE, "recommend", "rerank")
+    check_raw_mode(info, raw_ids)
     k = _check_k(k, info)
-    users, user_indices = _users(info, vocabularies, user_ids, raw_ids)
-    rows = _exclusions(info, vocabularies, exclude, len(user_indices), raw_ids)
-    chunks = []
-    for start, stop in _chunk_bounds(len(user_indices), info.max_batch_size):
-        part = rows[start:stop]
-        width = max([1, *(len(r) for r in part)])
-        padded = np.full((stop - start, width), contract.INVALID_ID, dtype=np.int64)
-        for i, row in enumerate(part):
-            padded[i, : len(row)] = row
-        chunks.append(
-            {
-                contract.USER_ID: _user_wire(info, user_indices[start:stop]),
-                contract.EXCLUDE_ITEM_IDS: padded,
-            }
-        )
-    return Plan(chunks, contract.OUTPUTS[contract.GRAPH_RETRIEVE], k, users,
-                _item_vocab(vocabularies, raw_ids))
+    users, wire = encode_users(info, vocabularies, user_ids, raw_ids)
+    rows, dropped = encode_exclusions(info, vocabularies, exclude, len(users), raw_ids)
+    chunks = [
+        {
+            contract.USER_ID: user_wire(info, wire[start:stop]),
+            contract.EXCLUDE_ITEM_IDS: pad_rows(rows[start:stop], info.id_kind),
+        }
+        for start, stop in chunk_bounds(len(users), info.max_batch_size)
+    ]
+    return _plan(info, chunks, k, users, vocabularies, raw_ids, version, dropped)
 
 
 def plan_rerank(
@@ -117,39 +209,38 @@ def plan_rerank(
     *,
     k: int | None,
     raw_ids: bool,
+    version: str | None = None,
 ) -> Plan:
     """Validates and encodes a rerank request (see `RecommenderClient.rerank`)."""
     _check_kind(info, contract.GRAPH_RERANK, "rerank", "recommend")
+    check_raw_mode(info, raw_ids)
     k = _check_k(k, info)
-    users, user_indices = _users(info, vocabularies, user_ids, raw_ids)
-    candidates = _id_array(candidate_item_ids, "candidate_item_ids", 2, raw_ids)
-    if len(candidates) != len(user_indices):
-        raise InvalidRequestError(
-            "`candidate_item_ids` needs one candidate list per user. Expected "
-            f"{len(user_indices)} lists. Received: {len(candidates)}"
-        )
-    n = candidates.shape[1]
-    if n == 0:
-        raise InvalidRequestError(
-            "`candidate_item_ids` has zero candidates per user. Expected at least 1."
-        )
-    if n > info.max_candidates:
-        raise InvalidRequestError(
-            f"Too many candidates: model {info.name!r} accepts at most "
-            f"max_candidates={info.max_candidates} per user. Received: {n}"
-        )
-    items = _indices(
-        candidates, "candidate_item_ids", info.num_items, vocabularies, "items", raw_ids
-    )
+    users, wire = encode_users(info, vocabularies, user_ids, raw_ids)
+    items = encode_candidates(info, vocabularies, candidate_item_ids, len(users), raw_ids)
     chunks = [
         {
-            contract.USER_ID: _user_wire(info, user_indices[start:stop]),
+            contract.USER_ID: user_wire(info, wire[start:stop]),
             contract.ITEM_IDS: items[start:stop],
         }
-        for start, stop in _chunk_bounds(len(user_indices), info.max_batch_size)
+        for start, stop in chunk_bounds(len(users), info.max_batch_size)
     ]
-    return Plan(chunks, contract.OUTPUTS[contract.GRAPH_RERANK], k, users,
-                _item_vocab(vocabularies, raw_ids))
+    return _plan(info, chunks, k, users, vocabularies, raw_ids, version, 0)
+
+
+def _plan(info: ModelInfo, chunks: list[dict[str, np.ndarray]], k: int, users: np.ndarray,
+          vocabularies: Vocabularies | None, raw_ids: bool, version: str | None,
+          dropped: int) -> Plan:
+    decodes = raw_ids and not info.raw_ids and vocabularies is not None
+    return Plan(
+        chunks=chunks,
+        outputs=info.outputs_to_request,
+        k=k,
+        user_ids=users,
+        id_kind=info.id_kind,
+        item_vocabulary=vocabularies.items if decodes and vocabularies else None,
+        version=version if vocabularies is not None else None,
+        unknown_exclusions=dropped,
+    )
 
 
 def _check_kind(info: ModelInfo, kind: str, method: str, other: str) -> None:
@@ -171,175 +262,61 @@ def _check_k(k: Any, info: ModelInfo) -> int:
     return int(k)
 
 
-def _users(
-    info: ModelInfo, vocabularies: Vocabularies | None, user_ids: Any, raw_ids: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    users = _id_array(user_ids, "user_ids", 1, raw_ids)
-    return users, _indices(users, "user_ids", info.num_users, vocabularies, "users", raw_ids)
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (-1, version)
 
 
-def _id_array(values: Any, name: str, ndim: int, raw_ids: bool) -> np.ndarray:
-    try:
-        array = np.asarray(values)
-    except ValueError as error:  # numpy refuses ragged nested lists
-        raise InvalidRequestError(
-            f"`{name}` is ragged: every row must have the same length. ({error})"
-        ) from error
-    if ndim == 2 and array.dtype == object and array.ndim == 1 and any(
-        isinstance(row, (list, tuple, np.ndarray)) for row in array
-    ):
-        raise InvalidRequestError(f"`{name}` is ragged: every row must have the same length.")
-    if array.ndim != ndim:
-        expected = "a 1-D sequence [B]" if ndim == 1 else "a 2-D sequence [B, N]"
-        raise InvalidRequestError(
-            f"`{name}` has the wrong rank. Expected {expected}. "
-            f"Received: shape {array.shape}"
-        )
-    if array.shape[0] == 0:
-        raise InvalidRequestError(f"`{name}` is empty. Expected at least one id.")
-    if array.size == 0:  # numpy gives [] float64; emptiness is checked by the caller
-        return array.astype(np.int64)
-    if array.dtype.kind in "bfc" or (not raw_ids and array.dtype.kind not in "iu"):
-        flat = array.ravel().tolist()
-        bad = next((v for v in flat if not _is_id(v, raw_ids)), flat[0])
-        what = "raw ids (int or str)" if raw_ids else "integer dense indices"
-        raise InvalidRequestError(
-            f"`{name}` must hold {what}. Received: {bad!r} (dtype {array.dtype})"
-        )
-    return array
-
-
-def _is_id(value: Any, raw_ids: bool) -> bool:
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, (int, str) if raw_ids else int)
-
-
-def _indices(
-    array: np.ndarray,
-    name: str,
-    size: int,
-    vocabularies: Vocabularies | None,
-    which: str,
-    raw_ids: bool,
-) -> np.ndarray:
-    if raw_ids:
-        vocab = _vocab(vocabularies, which)
-        try:
-            return vocab.to_indices(array.ravel().tolist()).reshape(array.shape)
-        except UnknownIdError as error:
-            raise UnknownRawIdError(f"`{name}`: {error}") from error
-    _check_range(array, name, size)
-    return array.astype(np.int64, copy=False)
-
-
-def _check_range(array: np.ndarray, name: str, size: int, allow_padding: bool = False) -> None:
-    bad_mask = (array < 0) | (array >= size)
-    if allow_padding:
-        bad_mask &= array != contract.INVALID_ID
-    if bad_mask.any():
-        where = tuple(int(i) for i in np.argwhere(bad_mask)[0])
-        at = where[0] if len(where) == 1 else list(where)
-        raise InvalidRequestError(
-            f"`{name}` index out of range at {at}: expected dense indices in [0, {size}). "
-            f"Received: {int(array[where])}"
-        )
-
-
-def _exclusions(
-    info: ModelInfo,
-    vocabularies: Vocabularies | None,
-    exclude: Any,
-    batch: int,
-    raw_ids: bool,
-) -> list[np.ndarray]:
-    if exclude is None:
-        return [np.empty(0, dtype=np.int64)] * batch
-    if isinstance(exclude, np.ndarray) and exclude.ndim != 2:
-        raise InvalidRequestError(
-            "`exclude` has the wrong rank. Expected one list of item ids per user "
-            f"(2-D). Received: shape {exclude.shape}"
-        )
-    if isinstance(exclude, (str, bytes)) or not isinstance(exclude, (Sequence, np.ndarray)):
-        raise InvalidRequestError(
-            "`exclude` must be one list of item ids per user. "
-            f"Received: {type(exclude).__name__}"
-        )
-    if len(exclude) != batch:
-        raise InvalidRequestError(
-            f"`exclude` needs one list per user. Expected {batch} lists. "
-            f"Received: {len(exclude)}"
-        )
-    rows = []
-    for i, row in enumerate(exclude):
-        array = np.asarray(row)
-        if array.ndim != 1:
-            raise InvalidRequestError(
-                f"`exclude[{i}]` must be a flat list of item ids. Received: shape {array.shape}"
-            )
-        if array.size == 0:
-            rows.append(np.empty(0, dtype=np.int64))
-            continue
-        array = _id_array(array, f"exclude[{i}]", 1, raw_ids)
-        if raw_ids:
-            indices = _indices(array, f"exclude[{i}]", info.num_items, vocabularies, "items",
-                               True)
-        else:
-            _check_range(array, f"exclude[{i}]", info.num_items, allow_padding=True)
-            indices = array[array != contract.INVALID_ID].astype(np.int64)
-        if len(indices) > info.max_exclude:
-            raise InvalidRequestError(
-                f"`exclude[{i}]` is too long: model {info.name!r} accepts at most "
-                f"max_exclude={info.max_exclude} items per user. Received: {len(indices)}"
-            )
-        rows.append(indices)
-    return rows
-
-
-def _vocab(vocabularies: Vocabularies | None, which: str) -> Vocabulary:
-    if vocabularies is None:
-        raise InvalidRequestError(
-            "raw_ids=True needs the model's vocabularies: pass `vocabularies=` (a folder "
-            "or a Vocabularies) to the client, or send dense indices with raw_ids=False."
-        )
-    return getattr(vocabularies, which)
-
-
-def _item_vocab(vocabularies: Vocabularies | None, raw_ids: bool) -> Vocabulary | None:
-    return vocabularies.items if raw_ids and vocabularies is not None else None
-
-
-def _user_wire(info: ModelInfo, indices: np.ndarray) -> np.ndarray:
-    # Triton wants the config's dims plus the batch dim: dims [1] (reshaped to [] inside
-    # the model) means [B, 1] on the wire.
-    spec = info.inputs.get(contract.USER_ID)
-    dims = spec.dims if spec is not None else (1,)
-    rank = len(dims) + (1 if info.max_batch_size > 0 else 0)
-    if rank == 2:
-        return indices.reshape(-1, 1)
-    if rank == 1:
-        return indices
-    raise ModelContractError(
-        f"Model {info.name!r}: input {contract.USER_ID!r} has dims {list(dims)}; "
-        "expected [1] (batched) or [-1]."
-    )
-
-
-def _chunk_bounds(batch: int, max_batch_size: int) -> list[tuple[int, int]]:
-    size = max_batch_size if max_batch_size > 0 else batch
-    return [(start, min(start + size, batch)) for start in range(0, batch, size)]
-
-
-def _output(answer: Mapping[str, np.ndarray], name: str, rows: int, k: int) -> np.ndarray:
+def _output(answer: Mapping[str, Any], name: str, rows: int, k: int,
+            width: int | None = None) -> np.ndarray:
     array = answer.get(name)
     if array is None:
         raise ModelContractError(f"The server's answer has no output {name!r}.")
     array = np.asarray(array)
-    if array.ndim != 2 or array.shape[0] != rows or array.shape[1] < k:
+    if array.ndim != 2 or array.shape[0] != rows or array.shape[1] < k or (
+        width is not None and array.shape[1] != width
+    ):
+        expected = f"[{rows}, {width}]" if width is not None else f"[{rows}, >= {k}]"
         raise ModelContractError(
-            f"Output {name!r} has shape {array.shape}; expected [{rows}, >= {k}]."
+            f"Output {name!r} has shape {array.shape}; expected {expected}."
         )
-    return array[:, :k]
+    return array
+
+
+def _num_results(answer: Mapping[str, Any], rows: int, width: int) -> np.ndarray:
+    array = answer.get(contract.NUM_RESULTS)
+    if array is None:
+        raise ModelContractError(f"The server's answer has no output {contract.NUM_RESULTS!r}.")
+    array = np.asarray(array)
+    if array.shape not in ((rows, 1), (rows,)) or array.dtype.kind not in "iu":
+        raise ModelContractError(
+            f"Output {contract.NUM_RESULTS!r} has shape {array.shape} (dtype {array.dtype}); "
+            f"expected int64 [{rows}, 1]."
+        )
+    counts = array.reshape(rows).astype(np.int64)
+    bad = (counts < 0) | (counts > width)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ModelContractError(
+            f"Output {contract.NUM_RESULTS!r} is {int(counts[row])} in row {row}; expected "
+            f"a count in [0, {width}]."
+        )
+    return counts
+
+
+def _check_counts(counts: np.ndarray, pad: np.ndarray, positions: np.ndarray | None) -> None:
+    """The first ``num_results`` slots hold items, the others are empty, in every output."""
+    full = np.arange(pad.shape[1])[None, :] < counts[:, None]
+    wrong = full == pad
+    if positions is not None:
+        wrong |= full != (positions >= 0)
+    if wrong.any():
+        row, slot = (int(i) for i in np.argwhere(wrong)[0])
+        state = "is empty" if full[row, slot] else "holds an item"
+        raise ModelContractError(
+            f"The server's answer is inconsistent: row {row} has "
+            f"{contract.NUM_RESULTS}={int(counts[row])} but slot {slot} {state} "
+            f"({contract.TOP_ITEM_IDS} / {contract.TOP_POSITIONS} disagree with the count)."
+        )
 
 
 def _to_raw(vocab: Vocabulary | None, indices: np.ndarray) -> np.ndarray:

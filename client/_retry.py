@@ -69,40 +69,55 @@ class ClientStats:
             included).
         retries: Calls repeated after an UNAVAILABLE answer.
         failures: Calls that raised in the end.
+        unknown_exclusions: Exclusion ids dropped before sending because the loaded
+            item vocabulary does not know them (raw-id models with ``vocabularies=``).
+        version_resends: Chunks sent again because a version other than the one whose
+            vocabulary encoded them answered (dense-index models with vocabularies).
 
     Example:
         >>> stats = ClientStats()
         >>> stats.record(calls=2, retries=1)
         >>> stats.snapshot()
-        ClientStats(calls=2, retries=1, failures=0)
+        ClientStats(calls=2, retries=1, failures=0, unknown_exclusions=0, version_resends=0)
     """
 
     calls: int = 0
     retries: int = 0
     failures: int = 0
+    unknown_exclusions: int = 0
+    version_resends: int = 0
 
     def __post_init__(self) -> None:
         # Not a dataclass field: asdict(), replace(), ==, and repr() see the counters only.
         self._lock = threading.Lock()
 
-    def record(self, *, calls: int = 0, retries: int = 0, failures: int = 0) -> None:
-        """Adds to the counters atomically (with respect to other `record` calls)."""
+    def record(self, **counts: int) -> None:
+        """Adds to the named counters atomically (with respect to other `record` calls).
+
+        Raises:
+            TypeError: a name is not a counter.
+        """
+        unknown = set(counts) - set(_COUNTERS)
+        if unknown:
+            raise TypeError(f"ClientStats has no counter(s) {sorted(unknown)}.")
         with self._lock:
-            self.calls += calls
-            self.retries += retries
-            self.failures += failures
+            for name, count in counts.items():
+                setattr(self, name, getattr(self, name) + count)
 
     def snapshot(self) -> ClientStats:
         """A consistent copy of the counters, taken under the lock."""
         with self._lock:
-            return ClientStats(self.calls, self.retries, self.failures)
+            return ClientStats(**self.__getstate__())
 
     def __getstate__(self) -> dict[str, Any]:  # for copy.copy / deepcopy: locks are not copied
-        return {"calls": self.calls, "retries": self.retries, "failures": self.failures}
+        return {name: getattr(self, name) for name in _COUNTERS}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+
+_COUNTERS = ("calls", "retries", "failures", "unknown_exclusions", "version_resends")
 
 
 def _is_number(value: Any) -> bool:

@@ -1,7 +1,8 @@
 """Thin adapters over tritonclient: the only code that differs between protocols.
 
 Each adapter offers ``get_config() -> dict`` (the raw ``as_json`` answer), ``infer(inputs,
-outputs) -> dict[str, np.ndarray]`` and ``close()``, and raises only `RecommenderError`s
+outputs) -> InferAnswer`` (the outputs by name, plus the ``model_version`` that answered)
+and ``close()``, and raises only `RecommenderError`s
 (tritonclient exceptions are mapped by `to_client_error` and chained). The gRPC adapters
 also take ``timeout=`` per call (``accepts_timeout``): the clients pass the time left
 before the call's deadline, so an attempt in flight never outlives it.
@@ -246,9 +247,10 @@ class Transport(Protocol):
 
     def get_config(self) -> dict[str, Any]: ...
 
+    # Returns the outputs by name; an `InferAnswer` also tells the answering version.
     def infer(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
-    ) -> dict[str, np.ndarray]: ...
+    ) -> Mapping[str, np.ndarray]: ...
 
     def close(self) -> None: ...
 
@@ -260,7 +262,7 @@ class AsyncTransport(Protocol):
 
     async def infer(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
-    ) -> dict[str, np.ndarray]: ...
+    ) -> Mapping[str, np.ndarray]: ...
 
     async def close(self) -> None: ...
 
@@ -347,6 +349,46 @@ def connection_error(
     return ServerUnavailableError(f"{mapped} ({hint})", status=mapped.status)
 
 
+class InferAnswer(dict):
+    """An inference answer: output name -> numpy array, plus the version that answered.
+
+    Attributes:
+        model_version: The version Triton says answered (from the response's
+            ``model_version``); ``""`` when the transport cannot tell (e.g. a test double
+            returning a plain dict: the clients then read ``""`` too).
+
+    Example:
+        >>> answer = InferAnswer({"num_results": np.array([[2]])}, model_version="3")
+        >>> answer.model_version, answer["num_results"].tolist()
+        ('3', [[2]])
+    """
+
+    def __init__(self, outputs: Mapping[str, Any] = (), model_version: str = "") -> None:
+        super().__init__(outputs)
+        self.model_version = model_version
+
+
+def answer_version(answer: Mapping[str, Any]) -> str:
+    """The ``model_version`` of an answer (``""`` for a plain mapping)."""
+    return str(getattr(answer, "model_version", "") or "")
+
+
+def _result_version(result: Any) -> str:
+    """The answering version of a tritonclient InferResult (gRPC message or HTTP dict)."""
+    try:
+        response = result.get_response()
+    except AttributeError:  # a test double without a response
+        return ""
+    if isinstance(response, Mapping):
+        return str(response.get("model_version", "") or "")
+    return str(getattr(response, "model_version", "") or "")
+
+
+def _answer(result: Any, outputs: Sequence[str]) -> InferAnswer:
+    return InferAnswer({name: result.as_numpy(name) for name in outputs},
+                       _result_version(result))
+
+
 def _infer_inputs(module: Any, inputs: Mapping[str, np.ndarray]) -> list[Any]:
     result = []
     for name, array in inputs.items():
@@ -406,7 +448,7 @@ class GrpcTransport(_Adapter):
         outputs: Sequence[str],
         *,
         timeout: float | None = None,
-    ) -> dict[str, np.ndarray]:
+    ) -> InferAnswer:
         try:
             result = self._client.infer(
                 self._model[0],
@@ -418,7 +460,7 @@ class GrpcTransport(_Adapter):
             )
         except Exception as error:
             raise self._mapped(error, "infer") from error
-        return {name: result.as_numpy(name) for name in outputs}
+        return _answer(result, outputs)
 
     def close(self) -> None:
         self._client.close()
@@ -460,7 +502,7 @@ class HttpTransport(_Adapter):
 
     def infer(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
-    ) -> dict[str, np.ndarray]:
+    ) -> InferAnswer:
         try:
             result = self._client.infer(
                 self._model[0],
@@ -471,7 +513,7 @@ class HttpTransport(_Adapter):
             )
         except Exception as error:
             raise self._mapped(error, "infer") from error
-        return {name: result.as_numpy(name) for name in outputs}
+        return _answer(result, outputs)
 
     def close(self) -> None:
         self._client.close()
@@ -545,7 +587,7 @@ class AsyncGrpcTransport(_Adapter):
         outputs: Sequence[str],
         *,
         timeout: float | None = None,
-    ) -> dict[str, np.ndarray]:
+    ) -> InferAnswer:
         client = self._connected()
         try:
             result = await client.infer(
@@ -558,7 +600,7 @@ class AsyncGrpcTransport(_Adapter):
             )
         except Exception as error:
             raise self._mapped(error, "infer") from error
-        return {name: result.as_numpy(name) for name in outputs}
+        return _answer(result, outputs)
 
     async def close(self) -> None:
         """Closes the channel (if one was made); later calls raise `RecommenderError`."""

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from client._base import ClientBase, VocabularySource
+from client._base import VERSION_TRIES, ClientBase, VocabularySource
 from client._codec import Plan, Recommendations
 from client._retry import DEFAULT_JITTER, call_with_retry_async
 from client._transport import AsyncGrpcTransport, AsyncTransport, ConnectionOptions
@@ -212,15 +212,22 @@ class AsyncRecommenderClient(ClientBase):
         failure: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(self._call(self._transport.infer, chunk, plan.outputs))
-                    for chunk in plan.chunks
-                ]
+                tasks = [group.create_task(self._answer(plan, i)) for i in range(len(plan.chunks))]
         except BaseExceptionGroup as errors:
             failure = errors.exceptions[0]  # the chunk that failed first
         if failure is not None:
             raise failure  # outside the except block: no ExceptionGroup in its context
         return plan.finish([task.result() for task in tasks])
+
+    async def _answer(self, plan: Plan, index: int) -> tuple[Plan, Mapping[str, Any]]:
+        """As `RecommenderClient._answer`: resent if another version's vocabularies encoded it."""
+        for _ in range(VERSION_TRIES):
+            answer = await self._call(self._transport.infer, plan.chunks[index], plan.outputs)
+            again = self._review(plan, answer)
+            if again is None:
+                return plan, answer
+            plan = again
+        raise self._version_unsettled(plan)
 
     async def _call(self, method: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await method(*args)`` with retries; our adapters also get the deadline's rest."""

@@ -4,7 +4,8 @@ Registered as ``kmr-export query``; ``python -m client`` runs it on its own.
 
 Example:
     $ python -m client --url 127.0.0.1:8001 --model movielens_retrieve \\
-          --vocab-dir model_repository --items-csv movies.csv --user 1 --user 7 --k 5
+          --items-csv movies.csv --user 1 --user 7 --k 5     # a raw-id model: no files
+    $ python -m client --model mf_index_retrieve --vocab-dir model_repository --user u1
     $ python -m client --model mf_rerank --user 0 --candidates 3,8,1 --k 2
     $ python -m client --url triton.example.com:443 --ssl --root-certificates ca.pem \\
           --header "authorization=Bearer $TOKEN" --model mf_retrieve --user 0
@@ -45,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="retrieve models: comma-separated item ids to skip (all users)")
     parser.add_argument("--k", type=int, help="results per user (default: the model's k)")
     parser.add_argument("--vocab-dir", type=Path, help="folder with the vocabularies (version "
-                        "folder, model folder or repository root); without it ids are dense "
-                        "indices")
+                        "folder, model folder or repository root): raw ids for a dense-index "
+                        "model (without it its ids are dense indices); for a raw-id model, "
+                        "unknown ids are then refused before sending")
     parser.add_argument("--items-csv", type=Path, help="item metadata CSV (first column item "
                         "id, a 'title' column), e.g. MovieLens movies.csv")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
@@ -69,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
     """Runs the query; prints the table to stdout, errors to stderr. Returns the exit code."""
     try:
         titles = load_titles(args.items_csv) if args.items_csv else {}
-        raw_ids = args.vocab_dir is not None
-        users = [_id(u, raw_ids, "--user") for u in args.user]
         with RecommenderClient(
             args.url or DEFAULT_URLS[args.protocol],
             args.model,
@@ -84,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
             certificate_chain=args.certificate_chain,
             headers=_headers(args.header or []),
         ) as client:
+            # A raw-id model takes the ids as typed; a dense-index one needs --vocab-dir.
+            raw_ids = args.vocab_dir is not None or client.model_info.raw_ids
+            users = [_id(u, raw_ids, "--user") for u in args.user]
             if client.model_info.graph_kind == contract.GRAPH_RERANK:
                 if not args.candidates:
                     raise RecommenderError(f"Model {args.model!r} reranks: pass --candidates.")
@@ -173,7 +176,8 @@ def _id(text: str, raw_ids: bool, flag: str) -> str | int:
         return int(text)
     except ValueError:
         raise ValueError(
-            f"{flag} {text!r}: without --vocab-dir ids are dense integer indices."
+            f"{flag} {text!r}: without --vocab-dir ids of a dense-index model are dense "
+            "integer indices."
         ) from None
 
 

@@ -10,15 +10,20 @@ Example:
     >>> config = {"config": {"name": "mf", "max_batch_size": 8,
     ...     "input": [{"name": "user_id", "data_type": "TYPE_INT64", "dims": ["1"]},
     ...               {"name": "item_ids", "data_type": "TYPE_INT64", "dims": ["-1"]}],
-    ...     "output": [{"name": n, "data_type": t, "dims": ["10"]} for n, t in
-    ...                [("top_item_ids", "TYPE_INT64"), ("top_positions", "TYPE_INT64"),
-    ...                 ("top_scores", "TYPE_FP32")]],
+    ...     "output": [{"name": n, "data_type": t, "dims": [d]} for n, t, d in
+    ...                [("top_item_ids", "TYPE_INT64", "10"), ("top_positions", "TYPE_INT64",
+    ...                  "10"), ("top_scores", "TYPE_FP32", "10"),
+    ...                 ("num_results", "TYPE_INT64", "1")]],
     ...     "parameters": {"graph_kind": {"string_value": "rerank"},
-    ...                    "k": {"string_value": "10"}, "num_users": {"string_value": "3"},
-    ...                    "num_items": {"string_value": "5"}}}}
+    ...                    "id_kind": {"string_value": "int"}, "k": {"string_value": "10"}}}}
     >>> info = parse_model_info(config)
-    >>> info.graph_kind, info.k, info.max_batch_size, info.inputs["user_id"].dims
-    ('rerank', 10, 8, (1,))
+    >>> info.graph_kind, info.id_kind, info.k, info.max_batch_size, info.num_items
+    ('rerank', 'int', 10, 8, None)
+    >>> info.raw_ids, info.inputs["user_id"].dims
+    (True, (1,))
+
+A config without ``id_kind`` (an older export) is a dense-index model; its ``num_users``
+and ``num_items``, when present, are still read.
 """
 
 from __future__ import annotations
@@ -51,11 +56,15 @@ class ModelInfo:
         name: Model name on the server.
         graph_kind: ``"rerank"`` or ``"retrieve"`` (`kmr.contract.GRAPH_KINDS`).
         k: The exported k: outputs have k columns; a request may ask for fewer.
-        num_users: Size of the user table; dense user indices are in [0, num_users).
-        num_items: Size of the item table; dense item indices are in [0, num_items).
         max_batch_size: Triton's max_batch_size; 0 means the model does not batch.
         max_candidates: Most candidates a rerank request may carry per user.
         max_exclude: Longest exclusion list a retrieve request may carry per user.
+        id_kind: ``"int"`` / ``"str"``: the graph takes and returns raw ids (INT64 /
+            BYTES on the wire); ``"index"``: dense indices (`kmr.contract.ID_KINDS`).
+            ``"index"`` when the config does not say (older exports).
+        num_users: Size of the user table, only if the config records it (older
+            exports); None otherwise: sizes are facts of a version, not of the model.
+        num_items: Size of the item table, likewise (None when not recorded).
         embedding_dim: Embedding width, if the config records it.
         inputs: Input specs by name.
         outputs: Output specs by name.
@@ -66,16 +75,32 @@ class ModelInfo:
     name: str
     graph_kind: str
     k: int
-    num_users: int
-    num_items: int
     max_batch_size: int
     max_candidates: int
     max_exclude: int
+    id_kind: str = contract.IDS_INDEX
+    num_users: int | None = None
+    num_items: int | None = None
     embedding_dim: int | None = None
     inputs: Mapping[str, TensorSpec] = field(default_factory=dict)
     outputs: Mapping[str, TensorSpec] = field(default_factory=dict)
     user_vocabulary_file: str = contract.USER_VOCAB_FILE
     item_vocabulary_file: str = contract.ITEM_VOCAB_FILE
+
+    @property
+    def raw_ids(self) -> bool:
+        """True when the served graph speaks raw ids (id_kind ``"int"`` or ``"str"``)."""
+        return self.id_kind != contract.IDS_INDEX
+
+    @property
+    def has_num_results(self) -> bool:
+        """True when the graph returns ``num_results`` (every current export does)."""
+        return contract.NUM_RESULTS in self.outputs
+
+    @property
+    def outputs_to_request(self) -> tuple[str, ...]:
+        """The contract outputs this model has, in contract order."""
+        return tuple(n for n in contract.OUTPUTS[self.graph_kind] if n in self.outputs)
 
 
 def normalize_config(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,57 +132,33 @@ def parse_model_info(raw: Mapping[str, Any]) -> ModelInfo:
     """Extracts `ModelInfo` from a config answer of either protocol.
 
     Raises:
-        ModelContractError: a required parameter or tensor is missing or malformed.
+        ModelContractError: a required parameter or tensor is missing or malformed, or
+            a tensor's data type does not match the model's ``id_kind``.
     """
     message = config_message(raw)
     params = {key: value.string_value for key, value in message.parameters.items()}
     name = message.name or "<unnamed>"
-
-    def int_param(key: str, default: int | None = None) -> int | None:
-        text = params.get(key, "")
-        if text == "":
-            if default is None and key in _REQUIRED:
-                raise ModelContractError(
-                    f"Model {name!r}: config parameter {key!r} is missing; the model was "
-                    "not exported by kmr or its config.pbtxt was edited."
-                )
-            return default
-        try:
-            return int(text)
-        except ValueError as error:
-            raise ModelContractError(
-                f"Model {name!r}: config parameter {key!r} must be an integer. "
-                f"Received: {text!r}"
-            ) from error
-
-    kind = params.get(contract.PARAM_GRAPH_KIND, "")
-    if kind not in contract.GRAPH_KINDS:
-        raise ModelContractError(
-            f"Model {name!r}: config parameter {contract.PARAM_GRAPH_KIND!r} must be one of "
-            f"{contract.GRAPH_KINDS}. Received: {kind!r}"
-        )
+    kind = _choice(params, name, contract.PARAM_GRAPH_KIND, contract.GRAPH_KINDS, None)
+    id_kind = _choice(params, name, contract.PARAM_ID_KIND, contract.ID_KINDS,
+                      contract.IDS_INDEX)
     inputs = {t.name: _spec(t) for t in message.input}
     outputs = {t.name: _spec(t) for t in message.output}
-    for role, wanted, have in (
-        ("input", contract.INPUTS[kind], inputs),
-        ("output", contract.OUTPUTS[kind], outputs),
-    ):
-        missing = [n for n in wanted if n not in have]
-        if missing:
-            raise ModelContractError(
-                f"Model {name!r} ({kind}): {role}(s) {missing} missing from the config. "
-                f"Received: {sorted(have)}"
-            )
+    _check_tensors(name, kind, id_kind, inputs, outputs)
+
+    def number(key: str, default: int | None = None) -> int | None:
+        return _int_param(params, name, key, default)
+
     return ModelInfo(
         name=name,
         graph_kind=kind,
-        k=int_param(contract.PARAM_K),
-        num_users=int_param(contract.PARAM_NUM_USERS),
-        num_items=int_param(contract.PARAM_NUM_ITEMS),
+        k=number(contract.PARAM_K),
         max_batch_size=int(message.max_batch_size),
-        max_candidates=int_param(contract.PARAM_MAX_CANDIDATES, contract.DEFAULT_MAX_CANDIDATES),
-        max_exclude=int_param(contract.PARAM_MAX_EXCLUDE, contract.DEFAULT_MAX_EXCLUDE),
-        embedding_dim=int_param(contract.PARAM_EMBEDDING_DIM),
+        max_candidates=number(contract.PARAM_MAX_CANDIDATES, contract.DEFAULT_MAX_CANDIDATES),
+        max_exclude=number(contract.PARAM_MAX_EXCLUDE, contract.DEFAULT_MAX_EXCLUDE),
+        id_kind=id_kind,
+        num_users=number(contract.PARAM_NUM_USERS),
+        num_items=number(contract.PARAM_NUM_ITEMS),
+        embedding_dim=number(contract.PARAM_EMBEDDING_DIM),
         inputs=inputs,
         outputs=outputs,
         user_vocabulary_file=params.get(contract.PARAM_USER_VOCAB) or contract.USER_VOCAB_FILE,
@@ -165,7 +166,73 @@ def parse_model_info(raw: Mapping[str, Any]) -> ModelInfo:
     )
 
 
-_REQUIRED = (contract.PARAM_K, contract.PARAM_NUM_USERS, contract.PARAM_NUM_ITEMS)
+_REQUIRED = (contract.PARAM_K,)
+_ID_TYPES = {contract.IDS_INT: "TYPE_INT64", contract.IDS_STR: "TYPE_STRING",
+             contract.IDS_INDEX: "TYPE_INT64"}
+_ID_TENSORS = (contract.USER_ID, contract.ITEM_IDS, contract.EXCLUDE_ITEM_IDS,
+               contract.TOP_ITEM_IDS)
+_FIXED_TYPES = {contract.TOP_POSITIONS: "TYPE_INT64", contract.TOP_SCORES: "TYPE_FP32",
+                contract.NUM_RESULTS: "TYPE_INT64"}
+
+
+def _int_param(params: Mapping[str, str], name: str, key: str,
+               default: int | None) -> int | None:
+    text = params.get(key, "")
+    if text == "":
+        if default is None and key in _REQUIRED:
+            raise ModelContractError(
+                f"Model {name!r}: config parameter {key!r} is missing; the model was "
+                "not exported by kmr or its config.pbtxt was edited."
+            )
+        return default
+    try:
+        return int(text)
+    except ValueError as error:
+        raise ModelContractError(
+            f"Model {name!r}: config parameter {key!r} must be an integer. "
+            f"Received: {text!r}"
+        ) from error
+
+
+def _choice(params: Mapping[str, str], name: str, key: str, allowed: tuple[str, ...],
+            default: str | None) -> str:
+    value = params.get(key, "")
+    if value == "" and default is not None:
+        return default
+    if value not in allowed:
+        raise ModelContractError(
+            f"Model {name!r}: config parameter {key!r} must be one of {allowed}. "
+            f"Received: {value!r}"
+        )
+    return value
+
+
+def _check_tensors(name: str, kind: str, id_kind: str, inputs: Mapping[str, TensorSpec],
+                   outputs: Mapping[str, TensorSpec]) -> None:
+    """Every contract tensor is there, with the data type its id kind implies.
+
+    ``num_results`` may be missing only from dense-index models (older exports).
+    """
+    for role, wanted, have in (
+        ("input", contract.INPUTS[kind], inputs),
+        ("output", contract.OUTPUTS[kind], outputs),
+    ):
+        missing = [n for n in wanted if n not in have]
+        if missing == [contract.NUM_RESULTS] and id_kind == contract.IDS_INDEX:
+            missing = []
+        if missing:
+            raise ModelContractError(
+                f"Model {name!r} ({kind}): {role}(s) {missing} missing from the config. "
+                f"Received: {sorted(have)}"
+            )
+    for spec in (*inputs.values(), *outputs.values()):
+        expected = _ID_TYPES[id_kind] if spec.name in _ID_TENSORS else _FIXED_TYPES.get(
+            spec.name)
+        if expected is not None and spec.data_type != expected:
+            raise ModelContractError(
+                f"Model {name!r} (id_kind {id_kind!r}): tensor {spec.name!r} must be "
+                f"{expected}. Received: {spec.data_type}"
+            )
 
 
 def _spec(tensor: Any) -> TensorSpec:

@@ -1,11 +1,17 @@
 """`RecommenderClient`: the synchronous client of a kmr model served by Triton.
 
-Example:
-    >>> from client import RecommenderClient
-    >>> with RecommenderClient("localhost:8001", "movielens_retrieve",
-    ...                        vocabularies="model_repository") as client:  # doctest: +SKIP
-    ...     result = client.recommend(["user_42"], k=5, exclude=[["item_7"]])
-    ...     result.item_ids[0], result.scores[0]
+Example (needs a running server; a raw-id model needs no files)::
+
+    from client import RecommenderClient
+    with RecommenderClient("localhost:8001", "movielens_retrieve") as client:
+        result = client.recommend(["user_42"], k=5, exclude=[["item_7"]])
+        result.item_ids[0], result.scores[0], result.model_version
+
+Building a client sends nothing (the model facts are fetched on first use):
+    >>> client = RecommenderClient("localhost:8001", "movielens_retrieve")
+    >>> client
+    RecommenderClient(url='localhost:8001', model_name='movielens_retrieve', model_version='')
+    >>> client.close()
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from client._base import ClientBase, VocabularySource
+from client._base import VERSION_TRIES, ClientBase, VocabularySource
 from client._codec import Plan, Recommendations
 from client._retry import DEFAULT_JITTER, call_with_retry
 from client._transport import ConnectionOptions, Transport, check_protocol, make_transport
@@ -31,10 +37,24 @@ T = TypeVar("T")
 class RecommenderClient(ClientBase):
     """Queries one served kmr model over gRPC or HTTP; numpy in, numpy out.
 
-    Model facts (graph kind, k, table sizes, limits) are read from the server's model
+    Model facts (graph kind, id kind, k, limits) are read from the server's model
     config on first use and cached; every request is validated against them before
     anything is sent. Batches larger than the model's ``max_batch_size`` are split into
     chunks and reassembled in order.
+
+    Ids: a raw-id model (``model_info.id_kind`` ``"int"`` or ``"str"``, the default
+    export) takes and returns your own ids and needs no files; unknown ids never fail
+    a request (an unknown user gets an empty row, an unknown candidate is never
+    returned, an unknown exclusion is ignored). A dense-index model (``"index"``) takes
+    dense indices, or raw ids mapped with ``vocabularies``.
+
+    Versions: every answer names the version that answered (``model_version`` of the
+    result). With vocabularies given as a folder, a dense-index model's ids are mapped
+    and decoded with the answering version's own files (``<model>/<version>/``, loaded
+    when that version first answers; a chunk encoded for another version is re-encoded
+    and sent again, counted in ``stats.version_resends``); if those files are not
+    reachable, `ModelContractError` (never a decode with another version's files). A
+    `Vocabularies` object serves the first version that answers only.
 
     Threads: over gRPC one client may be shared by several threads (tritonclient's gRPC
     client is thread-safe for the unary calls made here; the model facts are fetched
@@ -59,8 +79,10 @@ class RecommenderClient(ClientBase):
             checked before each retry. When it runs out: `ServerUnavailableError`
             naming the deadline and the attempts.
         vocabularies: A `Vocabularies`, or a folder to load them from (the version
-            folder, the model folder, or the repository root), or None for dense
-            indices only.
+            folder, the model folder, or the repository root), or None. Needed for raw
+            ids with a dense-index model. With a raw-id model they are optional and only
+            checked before sending: unknown users and candidates raise
+            `UnknownRawIdError`, unknown exclusions are dropped (``stats.unknown_exclusions``).
         ssl: Connect with TLS (tritonclient's own; an ``https://`` url implies it).
             Server certificates are verified, host names checked.
         root_certificates: Path of a PEM CA bundle for the server's certificate
@@ -79,10 +101,13 @@ class RecommenderClient(ClientBase):
 
     Example (needs a running server)::
 
-        with RecommenderClient("localhost:8001", "mf_rerank",
-                               vocabularies="model_repository") as client:
+        with RecommenderClient("localhost:8001", "mf_rerank") as client:  # raw-id model
             result = client.rerank(["u1", "u2"], [["i1", "i2", "i3"], ["i3", "i4", "i5"]])
             result.item_ids.shape == result.scores.shape == result.positions.shape  # True
+            result.item_ids[result.valid]  # the items; result.num_results per row
+        with RecommenderClient("localhost:8001", "mf_index_rerank",
+                               vocabularies="model_repository") as client:  # index model
+            client.rerank(["u1"], [["i1", "i2"]]).item_indices  # its dense indices too
     """
 
     def __init__(
@@ -202,15 +227,24 @@ class RecommenderClient(ClientBase):
             user_ids: 1-D list or array of user ids [B].
             k: Results per user, 1..exported k; default the exported k.
             exclude: Optional list (one per user) of item ids never to return; the
-                lists may differ in length (dense lists may also be -1 padded).
-            raw_ids: True: ids are raw ids mapped by the vocabularies and results come
-                back as raw ids. False: ids are dense indices in [0, n).
+                lists may differ in length (the client pads them with
+                `kmr.contract.PAD_INT` / ``PAD_STR``, or -1 for dense indices; lists may
+                hold that padding too). Unknown raw ids are ignored.
+            raw_ids: True (default): ids are raw ids and results come back as raw ids
+                (a raw-id model sends them as given: ints or canonical int text for an
+                int model, ``"007"`` is refused; str for a str model). False: ids are
+                dense indices (dense-index models only).
 
         Returns:
-            `Recommendations` with ``item_ids`` and ``scores`` of shape [B, k].
+            `Recommendations` with ``item_ids`` and ``scores`` of shape [B, k],
+            ``num_results`` [B] and the answering ``model_version``.
 
         Raises:
             InvalidRequestError: The request is invalid (nothing is sent).
+            UnknownRawIdError: A user (or, for a dense-index model, any id) is not in the
+                given vocabularies (nothing is sent).
+            ModelContractError: The answer breaks the contract, or came from a version
+                whose vocabularies the client cannot have.
             RecommenderError: The server failed (see `client.errors`).
 
         Example (needs a running server)::
@@ -235,7 +269,8 @@ class RecommenderClient(ClientBase):
             user_ids: 1-D list or array of user ids [B].
             candidate_item_ids: 2-D [B, N] candidate item ids, N >= 1, same N for all.
             k: Results per user, 1..exported k; default the exported k. With N < k the
-                last slots are empty (id -1 / None, score -inf).
+                last slots are empty (None / -1 for dense indices, score -inf, position
+                -1; ``num_results`` counts the others).
             raw_ids: As in `recommend`.
 
         Returns:
@@ -243,6 +278,8 @@ class RecommenderClient(ClientBase):
 
         Raises:
             InvalidRequestError: The request is invalid (nothing is sent).
+            UnknownRawIdError: A user or candidate is not in the given vocabularies.
+            ModelContractError: As in `recommend`.
             RecommenderError: The server failed (see `client.errors`).
 
         Example (needs a running server)::
@@ -254,8 +291,17 @@ class RecommenderClient(ClientBase):
         return self._run(plan)
 
     def _run(self, plan: Plan) -> Recommendations:
-        answers = [self._call(self._transport.infer, chunk, plan.outputs) for chunk in plan.chunks]
-        return plan.finish(answers)
+        return plan.finish([self._answer(plan, i) for i in range(len(plan.chunks))])
+
+    def _answer(self, plan: Plan, index: int) -> tuple[Plan, Mapping[str, Any]]:
+        """Chunk ``index``'s answer, sent again if another version's vocabularies encoded it."""
+        for _ in range(VERSION_TRIES):
+            answer = self._call(self._transport.infer, plan.chunks[index], plan.outputs)
+            again = self._review(plan, answer)
+            if again is None:
+                return plan, answer
+            plan = again
+        raise self._version_unsettled(plan)
 
     def _call(self, method: Callable[..., T], *args: Any) -> T:
         """``method(*args)`` with retries; our adapters also get the deadline's rest."""

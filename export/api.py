@@ -56,6 +56,8 @@ GRAPH_CHOICES = (*contract.GRAPH_KINDS, GRAPH_BOTH)
 BACKEND_ONNXRUNTIME = "onnxruntime"
 BACKEND_PYTHON = "python"
 BACKENDS = (BACKEND_ONNXRUNTIME, BACKEND_PYTHON)
+IDS_RAW, IDS_INDEX = "raw", "index"
+ID_MODES = (IDS_RAW, IDS_INDEX)
 PYTHON_BACKEND_FILE = Path(__file__).parent / "triton" / "python_backend" / "model.py"
 _VOCAB_CHECK_MAX_BYTES = 16 << 20  # larger vocabularies are copied without loading them
 
@@ -111,6 +113,9 @@ class ExportOptions:
             `export.vocabularies`). Default: the one ``train`` saved next to the model,
             else identity (ids are the dense indices the model was trained with).
         item_vocabulary: The same for the item ids.
+        ids: ``"raw"`` (default): the vocabularies are baked into the served graph, which
+            takes and returns the raw ids (INT64 when every id is a canonical int, else
+            BYTES); ``"index"``: dense indices, for callers that map ids themselves.
 
     Example:
         >>> ExportOptions(graph="both", k=20).model_names()
@@ -132,6 +137,7 @@ class ExportOptions:
     external_data_threshold_mb: float | None = None
     user_vocabulary: str | os.PathLike[str] | None = None
     item_vocabulary: str | os.PathLike[str] | None = None
+    ids: str = IDS_RAW
 
     def validate(self) -> None:
         """Raises ExportError naming the first bad option and what is allowed."""
@@ -139,6 +145,8 @@ class ExportOptions:
             raise ExportError(f"Unknown graph {self.graph!r}: expected one of {GRAPH_CHOICES}.")
         if self.backend not in BACKENDS:
             raise ExportError(f"Unknown backend {self.backend!r}: expected one of {BACKENDS}.")
+        if self.ids not in ID_MODES:
+            raise ExportError(f"Unknown ids mode {self.ids!r}: expected one of {ID_MODES}.")
         if not _positive_int(self.k):
             raise ExportError(f"Invalid k={self.k!r}: expected a positive int.")
         if self.version is not None and not _positive_int(self.version):
@@ -183,6 +191,9 @@ class _Job:
     options: ExportOptions
     progress: Progress
     timings: dict[str, float] = field(default_factory=dict)
+    vocabularies: list[Any] = field(default_factory=list)  # export.vocabularies plans
+    id_maps: tuple[Any, Any] | None = None  # (users, items) baked into raw-id graphs
+    id_kind: str = contract.IDS_INDEX
 
     def report(self, stage: str, key: str, started: float, message: str) -> None:
         self.timings[key] = time.perf_counter() - started
@@ -264,8 +275,21 @@ def export_model(
     return _export_file(path, path.parent, repo, options, progress)
 
 
+def _check_local_repo(repo: str | os.PathLike[str]) -> None:
+    """Refuses a URL: ``s3://models/repo`` used to become a local folder named ``s3:``."""
+    import re
+
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):/", str(repo))
+    if match and len(match.group(1)) > 1:  # "C:/..." is a path, "s3://" a URL
+        raise ExportError(
+            f"Repository {str(repo)!r} is a {match.group(1)}:// URL: export writes a local "
+            "folder only. Export into a local repository, then copy the version folder to "
+            "object storage (all files first, config.pbtxt last).")
+
+
 def _export_file(model_path: Path, model_dir: Path | None, repo: str | os.PathLike[str],
                  options: ExportOptions, progress: Progress) -> ExportResult:
+    _check_local_repo(repo)
     try:
         for model_name, _ in options.model_names():
             check_model_name(model_name)
@@ -305,10 +329,7 @@ def _export_archive(job: _Job, plans: list[tuple[str, str, int]], start: float) 
     archive, k = job.archive, job.options.k
     if k > archive.num_items:
         raise ExportError(f"Invalid k={k}: the model has only {archive.num_items} items.")
-    from export.vocabularies import plan_vocabularies
-
-    vocabularies = plan_vocabularies(job.model_dir, (archive.num_users, archive.num_items),
-                                     (job.options.user_vocabulary, job.options.item_vocabulary))
+    _plan_ids(job)
     # Always run: it is also Keras's own safe_mode deserialisation of the config.
     keras_cases = _keras_rerank_cases(archive, k)
     from export.onnx.graphs import RecommenderWeights
@@ -326,8 +347,7 @@ def _export_archive(job: _Job, plans: list[tuple[str, str, int]], start: float) 
             staging = StagedVersion(model_paths(job.repo, model_name, v),
                                     replace=job.options.force)
             staged.append(staging)
-            models.append(_stage_graph(job, weights, keras_cases, staging, kind, v,
-                                       vocabularies))
+            models.append(_stage_graph(job, weights, keras_cases, staging, kind, v))
         start = time.perf_counter()
         for staging in staged:
             staging.publish()
@@ -351,7 +371,6 @@ def _stage_graph(
     staging: StagedVersion,
     kind: str,
     version: int,
-    vocabularies: list[Any],
 ) -> PublishedModel:
     """Converts, checks and verifies one graph into ``staging`` (not yet published)."""
     from export.triton.config import build_model_config, config_to_text
@@ -360,24 +379,88 @@ def _stage_graph(
     # Built first: a bad serving option (e.g. instances=0) fails before any conversion.
     config = build_model_config(
         name=staging.paths.model_dir.name, graph_kind=kind, backend=options.backend,
-        num_users=weights.num_users, num_items=weights.num_items,
-        embedding_dim=weights.embedding_dim, k=options.k, **options.serving(),
+        id_kind=job.id_kind, k=options.k, **options.serving(),
     )
+    _check_shared_config(staging, config)
     converted, session = _convert_and_check(job, weights, staging, kind)
     parity = _verify_parity(job, weights, keras_cases, session, kind)
     session = None  # free the session's copy of the weights before the next graph
     gc.collect()
 
-    for vocabulary in vocabularies:
+    for vocabulary in job.vocabularies:
         vocabulary.write(staging.dir)
+    _write_perf_data(job, staging.dir, kind)
     if options.backend == BACKEND_PYTHON:
         _ship_python_backend(staging.dir)
     staging.config_text = config_to_text(config)
     manifest = _manifest(job, converted, kind, weights, parity)
-    manifest["vocabularies"] = {v.target: v.origin for v in vocabularies}
+    manifest["vocabularies"] = {v.target: v.origin for v in job.vocabularies}
+    manifest["id_kind"] = job.id_kind
     (staging.dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return PublishedModel(staging.paths.model_dir.name, kind, version,
                           staging.paths.version_dir, converted.external_data, parity)
+
+
+def _plan_ids(job: _Job) -> None:
+    """Decides the published vocabularies and, for raw-id graphs, the maps baked in."""
+    from export.onnx.raw_ids import check_reserved, id_kind
+    from export.vocabularies import plan_vocabularies
+    from kmr.vocabulary import Vocabulary
+
+    archive, options = job.archive, job.options
+    job.vocabularies = plan_vocabularies(job.model_dir, (archive.num_users, archive.num_items),
+                                         (options.user_vocabulary, options.item_vocabulary))
+    if options.ids == IDS_INDEX:
+        return
+    users, items = (plan.load() for plan in job.vocabularies)
+    check_reserved(users, "user")
+    check_reserved(items, "item")
+    if id_kind(users) != id_kind(items):
+        # One id type on the wire: int ids are served as their canonical text ("42"),
+        # which round-trips exactly.
+        users, items = (Vocabulary([str(i) for i in v.ids]) if v.kind == "int" else v
+                        for v in (users, items))
+    job.id_maps, job.id_kind = (users, items), id_kind(items)
+
+
+def _write_perf_data(job: _Job, folder: Path, kind: str) -> None:
+    """perf_analyzer's ``--input-data`` file with valid ids of this version."""
+    from export.triton.perf_data import PERF_ANALYZER_FILE, write_perf_analyzer_data
+
+    if job.id_maps is not None:
+        users, items = job.id_maps
+    else:
+        from kmr.vocabulary import Vocabulary
+
+        users = Vocabulary(list(range(min(job.archive.num_users, 1000))))
+        items = Vocabulary(list(range(min(job.archive.num_items, 100_000))))
+    write_perf_analyzer_data(folder / PERF_ANALYZER_FILE, kind, users, items,
+                             raw=job.id_maps is not None)
+
+
+def _check_shared_config(staging: StagedVersion, config: Any) -> None:
+    """Refuses a version whose model-level facts differ from the served model's config."""
+    from export.triton.config import config_from_text, model_parameters
+
+    path = staging.paths.config
+    if staging.new_model or not path.is_file():
+        return
+    others = set(existing_versions(staging.paths.repo, staging.paths.model_dir.name))
+    if others <= {int(staging.paths.version_dir.name)} and staging.replace:
+        return  # --force over the only version: the model is redefined, nothing else serves
+    current = config_from_text(path.read_text(encoding="utf-8"))
+    old, new = model_parameters(current), model_parameters(config)
+    differ = {key: (old.get(key), new.get(key))
+              for key in (contract.PARAM_GRAPH_KIND, contract.PARAM_K, contract.PARAM_ID_KIND)
+              if old.get(key) != new.get(key)}
+    if current.backend != config.backend:
+        differ["backend"] = (current.backend, config.backend)
+    if differ:
+        changes = ", ".join(f"{key}: {a!r} -> {b!r}" for key, (a, b) in differ.items())
+        raise ExportError(
+            f"Model {staging.paths.model_dir.name!r} already serves versions with other "
+            f"model-level settings ({changes}); a new version must keep them. Export under "
+            "another --name instead.")
 
 
 def _ship_python_backend(version_dir: Path) -> None:
@@ -407,7 +490,8 @@ def _convert_and_check(job: _Job, weights: Any, staging: StagedVersion,
     graph = serving_graph(weights, kind, job.options.k)
     try:
         converted = convert_graph(graph, staging.dir,
-                                  external_threshold_bytes=job.options.external_threshold_bytes())
+                                  external_threshold_bytes=job.options.external_threshold_bytes(),
+                                  vocabularies=job.id_maps)
     except ConversionError as error:
         raise ExportError(str(error)) from error
     storage = "external data" if converted.external_data else "inline weights"
@@ -426,15 +510,18 @@ def _convert_and_check(job: _Job, weights: Any, staging: StagedVersion,
 def _verify_parity(job: _Job, weights: Any, keras_cases: list[tuple], session: Any,
                    kind: str) -> dict[str, Any]:
     """The served graph vs the layers (valid and invalid ids) and vs ``model()``."""
-    from export.parity import check_parity, parity_cases, rerank_reference, retrieve_reference
+    from export.parity import (
+        check_parity,
+        parity_cases,
+        rerank_reference,
+        retrieve_reference,
+        served_runner,
+    )
 
     k = job.options.k
     start = time.perf_counter()
     reference = rerank_reference if kind == contract.GRAPH_RERANK else retrieve_reference
-    names = contract.OUTPUTS[kind]
-
-    def run(case: dict) -> dict:
-        return dict(zip(names, session.run(list(names), case), strict=True))
+    run = served_runner(session, kind, job.id_maps)
 
     def ref(case: dict) -> dict:
         return reference(weights, *case.values(), k=k)

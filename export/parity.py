@@ -310,3 +310,39 @@ def parity_cases(kind: str, num_users: int, num_items: int, k: int, seed: int = 
         {contract.USER_ID: users, contract.EXCLUDE_ITEM_IDS: exclude},
         {contract.USER_ID: users, contract.EXCLUDE_ITEM_IDS: exclude[:, :0]},
     ]
+
+
+def served_runner(session: Any, kind: str,
+                  id_maps: tuple[Any, Any] | None = None) -> Callable[[dict], dict]:
+    """``run(case)`` for `check_parity`: the served graph on a dense case, answers as dense.
+
+    With ``id_maps`` (``(users, items)`` vocabularies of a raw-id graph) the dense ids are
+    fed as raw ids (invalid indices as unknown ids) and the raw answer is mapped back;
+    the empty-slot score (`kmr.contract.EMPTY_SCORE`) reads as ``-inf``, like the
+    references. ``num_results`` must agree with the filled slots (ValueError if not).
+    """
+    from export.onnx.raw_ids import RawIdCodec
+
+    names = list(contract.OUTPUTS[kind])
+    codec = RawIdCodec(*id_maps) if id_maps is not None else None
+    list_name = contract.INPUTS[kind][1]
+
+    def run(case: dict) -> dict:
+        feed = dict(case)
+        if codec is not None:
+            feed[contract.USER_ID] = codec.encode_users(case[contract.USER_ID])
+            feed[list_name] = codec.encode_items(case[list_name])
+        out = dict(zip(names, session.run(names, feed), strict=True))
+        if codec is not None:
+            out[contract.TOP_ITEM_IDS] = codec.decode_items(out[contract.TOP_ITEM_IDS])
+        scores = out[contract.TOP_SCORES]
+        out[contract.TOP_SCORES] = np.where(scores == np.float32(contract.EMPTY_SCORE),
+                                            np.float32(-np.inf), scores)
+        counts = out.pop(contract.NUM_RESULTS)[:, 0]
+        filled = (out[contract.TOP_ITEM_IDS] >= 0).sum(axis=1)
+        if not np.array_equal(counts, filled):
+            raise ValueError(f"the {kind} graph's num_results {counts.tolist()} disagree "
+                             f"with its filled slots {filled.tolist()}")
+        return out
+
+    return run

@@ -48,6 +48,16 @@ class VocabularyPlan:
     vocabulary: Vocabulary | None
     origin: str
 
+    def load(self) -> Vocabulary:
+        """The vocabulary itself (reads the JSON source when it is a copy)."""
+        if self.vocabulary is not None:
+            return self.vocabulary
+        assert self.source is not None
+        try:
+            return Vocabulary.load(self.source)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ExportError(f"Bad vocabulary {str(self.source)!r}: {error}") from error
+
     def write(self, folder: Path) -> None:
         """Writes (or copies) the vocabulary into ``folder``."""
         import shutil

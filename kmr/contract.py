@@ -17,29 +17,46 @@ GRAPH_RERANK = "rerank"
 GRAPH_RETRIEVE = "retrieve"
 GRAPH_KINDS = (GRAPH_RERANK, GRAPH_RETRIEVE)
 
-# Inputs (INT64 on the wire).
-USER_ID = "user_id"  # [B]
-ITEM_IDS = "item_ids"  # rerank: [B, N] candidate item indices
-EXCLUDE_ITEM_IDS = "exclude_item_ids"  # retrieve: [B, M] item indices to skip, -1 padded
+# Inputs. Raw-id graphs (the default): the user's raw ids, INT64 when every raw id is the
+# canonical text of an int64, else BYTES (UTF-8). Index graphs: dense INT64 indices.
+USER_ID = "user_id"  # wire [B, 1]
+ITEM_IDS = "item_ids"  # rerank: [B, N] candidate ids
+EXCLUDE_ITEM_IDS = "exclude_item_ids"  # retrieve: [B, M] ids to skip (unknown ids: ignored)
 
 # Outputs.
-TOP_ITEM_IDS = "top_item_ids"  # INT64 [B, k]; -1 where there is no valid item
+TOP_ITEM_IDS = "top_item_ids"  # [B, k] raw ids (index graphs: indices); PAD_* in empty slots
 TOP_POSITIONS = "top_positions"  # rerank only: INT64 [B, k] position in the candidate list; -1 pad
-TOP_SCORES = "top_scores"  # FP32 [B, k]; -inf where there is no valid item
+TOP_SCORES = "top_scores"  # FP32 [B, k]; EMPTY_SCORE in empty slots (finite: valid JSON)
+NUM_RESULTS = "num_results"  # INT64 [B, 1]: how many leading slots of the row hold an item
 
 INPUTS = {
     GRAPH_RERANK: (USER_ID, ITEM_IDS),
     GRAPH_RETRIEVE: (USER_ID, EXCLUDE_ITEM_IDS),
 }
 OUTPUTS = {
-    GRAPH_RERANK: (TOP_ITEM_IDS, TOP_POSITIONS, TOP_SCORES),
-    GRAPH_RETRIEVE: (TOP_ITEM_IDS, TOP_SCORES),
+    GRAPH_RERANK: (TOP_ITEM_IDS, TOP_POSITIONS, TOP_SCORES, NUM_RESULTS),
+    GRAPH_RETRIEVE: (TOP_ITEM_IDS, TOP_SCORES, NUM_RESULTS),
 }
 OPTIONAL_INPUTS = {GRAPH_RERANK: (), GRAPH_RETRIEVE: (EXCLUDE_ITEM_IDS,)}
 
 # The value a served graph puts in an id slot that holds no valid item: padding when
 # N < k, a candidate that was out of range, or every slot of an out-of-range user.
 INVALID_ID = -1
+
+# Id kinds of a served model (config parameter PARAM_ID_KIND).
+IDS_INT = "int"  # raw ids, INT64 on the wire
+IDS_STR = "str"  # raw ids, BYTES (UTF-8) on the wire
+IDS_INDEX = "index"  # dense indices, INT64 (the caller maps ids itself)
+ID_KINDS = (IDS_INT, IDS_STR, IDS_INDEX)
+# Reserved raw ids: the id of an empty slot, and what to pad ragged id lists with. They
+# can never be real ids (export refuses a vocabulary holding them); any unknown id in a
+# candidate or exclusion list is harmless too (never recommended / ignored).
+PAD_INT = -(2**63)
+PAD_STR = "\uffff"  # a Unicode noncharacter (reserved for internal use)
+# The score of an empty slot: the lowest finite float32, so JSON answers stay valid
+# (Triton writes -inf as -Infinity, which strict JSON parsers refuse). The project client
+# turns it back into -inf.
+EMPTY_SCORE = -3.4028234663852886e38
 
 # Keys of config.pbtxt `parameters` (string values, as Triton stores them).
 PARAM_GRAPH_KIND = "graph_kind"
@@ -51,6 +68,7 @@ PARAM_MAX_CANDIDATES = "max_candidates"
 PARAM_MAX_EXCLUDE = "max_exclude"
 PARAM_USER_VOCAB = "user_vocabulary"
 PARAM_ITEM_VOCAB = "item_vocabulary"
+PARAM_ID_KIND = "id_kind"
 
 # File names inside a trained-artifacts folder and a model repository.
 TRITON_CONFIG_FILE = "config.pbtxt"

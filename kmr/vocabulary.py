@@ -61,6 +61,9 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __contains__(self, raw: object) -> bool:
+        return raw in self._index
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocabulary) and self.ids == other.ids
 
@@ -70,8 +73,9 @@ class Vocabulary:
     def coerce(self, raw: object) -> int | str:
         """Converts a raw id to this vocabulary's kind.
 
-        Int vocabularies accept ints (numpy ones too) and decimal text (``"42"``, ``"007"``
-        -> 7); str vocabularies take the text of any id (``7`` -> ``"7"``, never ``"007"``).
+        Int vocabularies accept ints (numpy ones too) and the canonical text of an int
+        (``"42"``; ``"007"`` is not an int id: raw ids round-trip exactly); str
+        vocabularies take the text of any id (``7`` -> ``"7"``, never ``"007"``).
 
         Raises:
             UnknownIdError: an int vocabulary received something that is not an integer.
@@ -83,7 +87,7 @@ class Vocabulary:
                 raise UnknownIdError(f"Unknown {self.name} {raw!r}: expected an integer id.")
             if isinstance(raw, int):
                 return raw
-            if isinstance(raw, str) and _INT_TEXT.fullmatch(raw.strip()):
+            if isinstance(raw, str) and _INT_TEXT.fullmatch(raw) and str(int(raw)) == raw:
                 return int(raw)
             raise UnknownIdError(f"Unknown {self.name} {raw!r}: expected an integer id.")
         return str(raw)

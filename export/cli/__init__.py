@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("export.cli.serve", "run the local tritonserver on a model repository"),
     "query": ("client.cli", "ask a served model for recommendations"),
     "demo": ("export.cli.demo", "the main job: train, export, serve, query, print"),
+    "deploy": ("export.cli.deploy", "write Kubernetes manifests for a published repository"),
 }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from export.api import BACKENDS, GRAPH_CHOICES  # light: no TensorFlow at import
+from export.api import BACKENDS, GRAPH_CHOICES, ID_MODES  # light: no TensorFlow at import
 from kmr import contract
 
 
@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "saved next to the model, else identity: ids are the dense indices)")
     parser.add_argument("--item-vocabulary", default=None, metavar="FILE",
                         help="raw item ids, same formats as --user-vocabulary")
+    parser.add_argument("--ids", choices=ID_MODES, default="raw",
+                        help="raw (default): the vocabularies are baked into the served graph, "
+                        "which speaks raw ids; index: dense indices (you map ids yourself)")
     parser.add_argument("--external-data-threshold-mb", type=float, default=None,
                         help="weights above this total size go to model.onnx.data "
                         "(default 64; 0 forces external data)")
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             external_data_threshold_mb=args.external_data_threshold_mb,
             user_vocabulary=args.user_vocabulary,
             item_vocabulary=args.item_vocabulary,
+            ids=args.ids,
         ),
         progress=progress,
     )

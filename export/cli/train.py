@@ -3,9 +3,14 @@
 A thin wrapper over `kmr.data.files.load_interactions` / `kmr.data.synthetic.make_synthetic`
 and `kmr.training.fit.train_recommender`.
 
+After the holdout evaluation the saved model is fit again on all rows (the held-out
+latest positives included) with the same settings and epochs; ``--no-refit`` saves the
+evaluated holdout model instead. ``metrics.json`` says which numbers come from which fit.
+
 Example:
     $ kmr-export train --out artifacts --epochs 5
     $ kmr-export train --data ratings.csv --out artifacts --epochs 20 --dim 64
+    $ kmr-export train --data ratings.csv --out artifacts --no-refit
 """
 
 from __future__ import annotations
@@ -59,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--k", type=int,
                        help=f"top-k of the saved model and the metrics (default {d.k})")
     model.add_argument("--seed", type=int, help=f"default {d.seed}")
+    model.add_argument("--no-refit", dest="refit", action="store_false",
+                       help="save the model fit without each user's held-out latest "
+                       "positive (the one the metrics describe) instead of refitting "
+                       "on all rows")
     model.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
@@ -72,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
 
     from kmr.training.fit import train_recommender
 
-    result = train_recommender(data, settings, args.out, verbose=0 if args.quiet else 1)
+    result = train_recommender(
+        data, settings, args.out, refit=args.refit, verbose=0 if args.quiet else 1
+    )
     if not args.quiet:
         print(f"wrote {result.output_dir}")
     return 0

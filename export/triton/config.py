@@ -17,7 +17,7 @@ Two backends:
 Example:
     >>> from export.triton.config import build_model_config, model_parameters
     >>> cfg = build_model_config(name="mf", graph_kind="rerank", backend="python",
-    ...                          num_users=10, num_items=20, embedding_dim=4, k=5)
+    ...                          id_kind="str", k=5)
     >>> model_parameters(cfg)["k"]
     5
 """
@@ -69,12 +69,13 @@ def _add_input(
     config: mc.ModelConfig,
     name: str,
     dims: Sequence[int],
+    data_type: int,
     *,
     scalar: bool = False,
     optional: bool = False,
     ragged: bool = False,
 ) -> None:
-    tensor = config.input.add(name=name, data_type=mc.TYPE_INT64, dims=list(dims))
+    tensor = config.input.add(name=name, data_type=data_type, dims=list(dims))
     if scalar:
         # Per-request dims [1] reshaped to [] so the model sees a [B] tensor.
         tensor.reshape.SetInParent()
@@ -112,28 +113,29 @@ def _check_config_args(graph_kind: str, backend: str, max_queue_delay_us: int,
 
 
 def _add_inputs_with_warmup(config: mc.ModelConfig, graph_kind: str, python: bool,
-                            max_candidates: int) -> None:
-    """The graph's inputs in contract order, and one warm-up request with valid ids."""
+                            max_candidates: int, id_type: int) -> None:
+    """The graph's inputs in contract order, and one warm-up request (zero / empty ids)."""
     # The onnxruntime graph takes user_id [B]: dims [1] reshaped to []. The python backend
     # gets [B, 1] unreshaped: Triton 2.51's python backend SIGSEGVs on a batch-0 request
     # whose first input is reshaped to rank 0, and without the reshape the core itself
     # rejects such a request ("input byte size mismatch"). The wire shape is [B, 1] for both.
-    _add_input(config, contract.USER_ID, [1], scalar=not python)
-    warmup = config.model_warmup.add(name=f"{graph_kind}_valid_ids", batch_size=1, count=1)
+    _add_input(config, contract.USER_ID, [1], id_type, scalar=not python)
+    warmup = config.model_warmup.add(name=f"{graph_kind}_warmup", batch_size=1, count=1)
     warmup.inputs[contract.USER_ID].CopyFrom(
-        mc.ModelWarmup.Input(data_type=mc.TYPE_INT64, dims=[1], zero_data=True)
+        mc.ModelWarmup.Input(data_type=id_type, dims=[1], zero_data=True)
     )
     if graph_kind == contract.GRAPH_RERANK:
-        _add_input(config, contract.ITEM_IDS, [-1], ragged=python)
+        _add_input(config, contract.ITEM_IDS, [-1], id_type, ragged=python)
         warmup_dims = [min(_WARMUP_CANDIDATES, max_candidates)]
         warmup.inputs[contract.ITEM_IDS].CopyFrom(
-            mc.ModelWarmup.Input(data_type=mc.TYPE_INT64, dims=warmup_dims, zero_data=True)
+            mc.ModelWarmup.Input(data_type=id_type, dims=warmup_dims, zero_data=True)
         )
     else:
         # Optional only where model.py fills it in: the ONNX graph itself requires it.
-        _add_input(config, contract.EXCLUDE_ITEM_IDS, [-1], optional=python, ragged=python)
+        _add_input(config, contract.EXCLUDE_ITEM_IDS, [-1], id_type, optional=python,
+                   ragged=python)
         warmup.inputs[contract.EXCLUDE_ITEM_IDS].CopyFrom(
-            mc.ModelWarmup.Input(data_type=mc.TYPE_INT64, dims=[1], zero_data=True)
+            mc.ModelWarmup.Input(data_type=id_type, dims=[1], zero_data=True)
         )
 
 
@@ -142,9 +144,7 @@ def build_model_config(
     name: str,
     graph_kind: str,
     backend: str = BACKEND_ONNXRUNTIME,
-    num_users: int,
-    num_items: int,
-    embedding_dim: int,
+    id_kind: str = contract.IDS_INDEX,
     k: int,
     max_batch_size: int = 64,
     max_queue_delay_us: int = 100,
@@ -163,9 +163,9 @@ def build_model_config(
         name: Model name (the folder name in the repository).
         graph_kind: ``contract.GRAPH_RERANK`` or ``contract.GRAPH_RETRIEVE``.
         backend: ``"onnxruntime"`` (production) or ``"python"`` (local server).
-        num_users: Rows of the user table; valid user ids are ``[0, num_users)``.
-        num_items: Rows of the item table; valid item ids are ``[0, num_items)``.
-        embedding_dim: Embedding width (recorded for clients).
+        id_kind: ``"int"`` / ``"str"`` (raw ids baked into the graph: INT64 / BYTES on
+            the wire) or ``"index"`` (dense indices). Sizes of the tables are facts of a
+            version (its ``export_manifest.json``), not of the model, so they are not here.
         k: Constant number of results per request.
         max_batch_size: Largest batch Triton forms.
         max_queue_delay_us: Dynamic batching queue delay in microseconds.
@@ -182,14 +182,13 @@ def build_model_config(
         ValueError: On an unknown graph kind or backend, or a non-positive size.
 
     Example:
-        >>> cfg = build_model_config(name="mf", graph_kind="retrieve", num_users=3,
-        ...                          num_items=9, embedding_dim=2, k=4)
+        >>> cfg = build_model_config(name="mf", graph_kind="retrieve", id_kind="int",
+        ...                          k=4)
         >>> [t.name for t in cfg.output]
-        ['top_item_ids', 'top_scores']
+        ['top_item_ids', 'top_scores', 'num_results']
     """
     _check_config_args(graph_kind, backend, max_queue_delay_us, preferred_batch_sizes,
-                       max_batch_size=max_batch_size, num_users=num_users,
-                       num_items=num_items, embedding_dim=embedding_dim, k=k,
+                       max_batch_size=max_batch_size, k=k,
                        instance_count=instance_count, max_candidates=max_candidates,
                        max_exclude=max_exclude, intra_op_threads=intra_op_threads)
     python = backend == BACKEND_PYTHON
@@ -201,19 +200,25 @@ def build_model_config(
         config.backend = BACKEND_ONNXRUNTIME
         config.default_model_filename = contract.ONNX_FILE
 
-    _add_inputs_with_warmup(config, graph_kind, python, max_candidates)
+    if id_kind not in contract.ID_KINDS:
+        raise ValueError(
+            f"Invalid value received for argument `id_kind`. Expected one of "
+            f"{contract.ID_KINDS}. Received: id_kind={id_kind!r}"
+        )
+    id_type = mc.TYPE_STRING if id_kind == contract.IDS_STR else mc.TYPE_INT64
+    _add_inputs_with_warmup(config, graph_kind, python, max_candidates, id_type)
     for out in contract.OUTPUTS[graph_kind]:
-        dtype = mc.TYPE_FP32 if out == contract.TOP_SCORES else mc.TYPE_INT64
-        config.output.add(name=out, data_type=dtype, dims=[k])
+        dtype = {contract.TOP_SCORES: mc.TYPE_FP32, contract.TOP_ITEM_IDS: id_type}.get(
+            out, mc.TYPE_INT64)
+        config.output.add(name=out, data_type=dtype,
+                          dims=[1] if out == contract.NUM_RESULTS else [k])
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     if preferred_batch_sizes:
         config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes)
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instance_count)
     params: dict[str, Any] = {
         contract.PARAM_GRAPH_KIND: graph_kind,
-        contract.PARAM_NUM_USERS: num_users,
-        contract.PARAM_NUM_ITEMS: num_items,
-        contract.PARAM_EMBEDDING_DIM: embedding_dim,
+        contract.PARAM_ID_KIND: id_kind,
         contract.PARAM_K: k,
         contract.PARAM_MAX_CANDIDATES: max_candidates,
         contract.PARAM_MAX_EXCLUDE: max_exclude,
@@ -249,8 +254,8 @@ def write_model_config(path: str | Path, config: mc.ModelConfig) -> Path:
 
     Example:
         >>> import tempfile
-        >>> cfg = build_model_config(name="mf", graph_kind="rerank", num_users=3,
-        ...                          num_items=9, embedding_dim=2, k=4)
+        >>> cfg = build_model_config(name="mf", graph_kind="rerank", id_kind="int",
+        ...                          k=4)
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     write_model_config(folder, cfg).name
         'config.pbtxt'
@@ -278,11 +283,11 @@ def model_parameters(config: mc.ModelConfig) -> dict[str, Any]:
     a ``str``.
 
     Example:
-        >>> cfg = build_model_config(name="mf", graph_kind="rerank", num_users=3,
-        ...                          num_items=9, embedding_dim=2, k=4)
+        >>> cfg = build_model_config(name="mf", graph_kind="rerank", id_kind="int",
+        ...                          k=4)
         >>> facts = model_parameters(cfg)
-        >>> facts["graph_kind"], facts["num_items"], facts["k"]
-        ('rerank', 9, 4)
+        >>> facts["graph_kind"], facts["id_kind"], facts["k"]
+        ('rerank', 'int', 4)
     """
     out: dict[str, Any] = {}
     for key, param in config.parameters.items():

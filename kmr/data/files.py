@@ -318,11 +318,12 @@ def _number(path: Path, line_no: int, role: str, text: str) -> float:
 def _encode(raw: list[str]) -> tuple[np.ndarray, list[int] | list[str]]:
     """Returns (code per row, distinct ids in code order) with ints kept as ints.
 
-    A column is int when every id is an int64 integer; ids beyond int64 (e.g. 20-digit
-    order numbers) keep the whole column as strings, as the vocabulary stores int ids
-    in int64 arrays.
+    A column is int only when every id is the canonical text of an int64 (``str(int(v))
+    == v``): ``"007"``, ``"+5"`` or a 20-digit order number keep the whole column as
+    strings, so raw ids round-trip exactly (``"0439708184"`` and ``"439708184"`` stay
+    two items).
     """
-    ints = [int(v) if _INT_RE.fullmatch(v) else None for v in raw]
+    ints = [int(v) if _INT_RE.fullmatch(v) and str(int(v)) == v else None for v in raw]
     if all(v is not None and _INT64_MIN <= v <= _INT64_MAX for v in ints):
         values = np.asarray(ints, dtype=object)
         distinct = sorted(set(ints))

@@ -2,7 +2,10 @@
 
 Contents (names from `kmr.contract` where it has them):
 ``model.keras``, ``user_vocabulary.json``, ``item_vocabulary.json``, ``metrics.json``,
-``training_curve.png`` and ``train_settings.json``. Files are written into a temporary
+``training_curve.png`` and ``train_settings.json``. ``metrics.json`` holds the holdout
+metrics under ``"model"`` and ``"popularity"``, plus ``"holdout_fit"`` / ``"final_fit"``
+records (rows trained on, epochs, seconds, interactions/s) and ``"saved_model"``, which
+names the fit whose model was saved. Files are written into a temporary
 folder beside the target, then renamed onto it, so a failed run leaves no half-written
 folder and an older artifacts folder is replaced only once the new one is complete.
 
@@ -89,7 +92,8 @@ def write_artifacts(
         result.model.save(tmp / contract.MODEL_FILE)
         data.user_vocab.save(tmp / contract.USER_VOCAB_FILE)
         data.item_vocab.save(tmp / contract.ITEM_VOCAB_FILE)
-        _write_json(tmp / contract.METRICS_FILE, metrics_to_json(result.metrics))
+        metrics = {**metrics_to_json(result.metrics), **result.fit_records()}
+        _write_json(tmp / contract.METRICS_FILE, metrics)
         _write_json(tmp / SETTINGS_FILE, _settings_record(result))
         plot_training_curve(result.fit.loss, tmp / CURVE_FILE, title=result.fit.objective)
         _replace_dir(tmp, out)
@@ -131,6 +135,7 @@ def _settings_record(result: TrainResult) -> dict[str, object]:
         "settings": settings_to_dict(result.settings),
         "data": result.summary,
         "loss_per_epoch": result.fit.loss,
+        "fits": result.fit_records(),
         "versions": {"keras": keras.__version__, "python": platform.python_version()},
     }
 

@@ -133,6 +133,37 @@ def evaluate_ranking(scorer: Scorer, split: HoldoutSplit, k: int = 10) -> Rankin
         >>> evaluate_ranking(popularity_scorer(split.train), split, k=5).k
         5
     """
+    per_user = ranking_per_user(scorer, split, k)
+    return RankingMetrics(
+        recall=float(per_user.recall.mean()),
+        ndcg=float(per_user.ndcg.mean()),
+        hit_rate=float(per_user.hit_rate.mean()),
+        k=k,
+        num_users=len(per_user.users),
+    )
+
+
+@dataclass(frozen=True)
+class PerUserRanking:
+    """Each test user's metrics (for standard errors and paired comparisons)."""
+
+    users: np.ndarray
+    recall: np.ndarray
+    ndcg: np.ndarray
+    hit_rate: np.ndarray
+
+
+def ranking_per_user(scorer: Scorer, split: HoldoutSplit, k: int = 10) -> PerUserRanking:
+    """`evaluate_ranking`'s metrics before averaging: one value per test user.
+
+    Example:
+        >>> from kmr.data.synthetic import make_synthetic
+        >>> split = holdout_split(make_synthetic(num_users=30, num_items=40,
+        ...                                      interactions_per_user=4))
+        >>> per_user = ranking_per_user(popularity_scorer(split.train), split)
+        >>> per_user.ndcg.shape, bool((per_user.ndcg <= per_user.hit_rate).all())
+        ((30,), True)
+    """
     train = split.train
     num_items = train.num_items
     users = np.unique(split.test_users)
@@ -167,13 +198,7 @@ def evaluate_ranking(scorer: Scorer, split: HoldoutSplit, k: int = 10) -> Rankin
         ndcg[start : start + block] = (hits * discount).sum(1) / ideal[
             np.minimum(relevant, k_eff) - 1
         ]
-    return RankingMetrics(
-        recall=float(recall.mean()),
-        ndcg=float(ndcg.mean()),
-        hit_rate=float(hit.mean()),
-        k=k,
-        num_users=len(users),
-    )
+    return PerUserRanking(users=users, recall=recall, ndcg=ndcg, hit_rate=hit)
 
 
 def format_metrics_table(rows: dict[str, RankingMetrics]) -> str:

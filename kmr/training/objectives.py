@@ -7,9 +7,9 @@ positive ``(user, item)`` pairs into a loss:
 - ``"full_softmax"``: softmax over the whole catalogue. Exact, and cheap while N is
   moderate: one ``(B, D) x (D, N)`` product per step.
 - ``"sampled_softmax"``: softmax over the batch's own positives (in-batch negatives)
-  with the logQ correction (subtract log of each item's sampling probability, i.e. its
-  share of training positives) so popular items are not over-penalised. Cost is
-  independent of N.
+  with the logQ correction (subtract ``logq_weight`` times the log of each item's
+  sampling probability, i.e. its share of training positives) so popular items are
+  not over-penalised. Cost is independent of N.
 - ``"bpr"``: pairwise ``-log sigmoid(s_pos - s_neg)`` against uniformly sampled items.
 
 The similarity divides dot products by sqrt(D), which leaves logits near 0 at
@@ -53,6 +53,8 @@ class ObjectiveModel(keras.Model):
         temperature: Logits are ``similarity / temperature`` (> 0).
         num_negatives: Sampled negatives per positive for ``"bpr"``.
         seed: Seeds the negative sampling of ``"bpr"``.
+        logq_weight: Strength of the logQ correction of ``"sampled_softmax"`` (1 = the
+            full correction, 0 = none).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class ObjectiveModel(keras.Model):
         temperature: float = 1.0,
         num_negatives: int = 16,
         seed: int = 0,
+        logq_weight: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -85,7 +88,7 @@ class ObjectiveModel(keras.Model):
         self.num_items = embedding.num_items
         counts = np.asarray(item_counts, dtype=np.float64)
         probability = np.maximum(counts, 1.0) / max(counts.sum(), 1.0)
-        self._log_q = np.log(probability).astype(np.float32)
+        self._log_q = (float(logq_weight) * np.log(probability)).astype(np.float32)
         self._seed = keras.random.SeedGenerator(seed)
 
     def call(self, inputs: dict[str, Any], training: bool = False) -> Any:

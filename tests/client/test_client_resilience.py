@@ -175,12 +175,16 @@ def test_client_stats_update_waits_for_the_lock_when_another_thread_holds_it() -
 def test_client_stats_stay_copyable_when_they_hold_a_lock() -> None:
     stats = ClientStats()
     stats.record(calls=3, retries=2, failures=1)
-    assert dataclasses.asdict(stats) == {"calls": 3, "retries": 2, "failures": 1}
+    assert dataclasses.asdict(stats) == {"calls": 3, "retries": 2, "failures": 1,
+                                         "unknown_exclusions": 0, "version_resends": 0}
     for clone in (copy.copy(stats), copy.deepcopy(stats), pickle.loads(pickle.dumps(stats))):
         assert clone == stats and clone._lock is not stats._lock
         clone.record(calls=1)
         assert (clone.calls, stats.calls) == (4, 3)
-    assert repr(stats) == "ClientStats(calls=3, retries=2, failures=1)"
+    assert repr(stats) == ("ClientStats(calls=3, retries=2, failures=1, unknown_exclusions=0, "
+                           "version_resends=0)")
+    with pytest.raises(TypeError, match="no counter"):
+        stats.record(call=1)
 
 
 # -- 2. retries: jitter and the deadline --------------------------------------------------------

@@ -38,7 +38,7 @@ from client import (
     normalize_config,
     parse_model_info,
 )
-from client._transport import GrpcTransport, HttpTransport, to_client_error
+from client._transport import GrpcTransport, HttpTransport, InferAnswer, to_client_error
 from kmr import contract
 from kmr.vocabulary import UnknownIdError, Vocabulary
 
@@ -52,24 +52,42 @@ ITEM_VOCAB = Vocabulary([100 + 10 * i for i in range(NUM_ITEMS)], name="item id"
 VOCABS = Vocabularies(users=USER_VOCAB, items=ITEM_VOCAB)
 
 
+# Raw ids baked into the fake raw-id graphs: leading zeros, negative, huge, empty.
+INT_USERS = [-1, 0, 2**62, 439708184]
+INT_ITEMS = [-1, 0, 7, 2**62, -(2**40), 439708184, 12, 13, 14, 15, 16, 17]
+STR_USERS = ["001", "1", "", "u3"]
+STR_ITEMS = ["0439708184", "439708184", "", "-1", "0", "a", "b", "c", "d", "é", "f", "g"]
+RAW_IDS = {contract.IDS_INT: (INT_USERS, INT_ITEMS), contract.IDS_STR: (STR_USERS, STR_ITEMS)}
+# Facts older configs carried (current exports keep them per version, not in the config).
+LEGACY = {contract.PARAM_NUM_USERS: NUM_USERS, contract.PARAM_NUM_ITEMS: NUM_ITEMS,
+          contract.PARAM_EMBEDDING_DIM: 3}
+
+
 # -- configs in both protocols' JSON shapes -------------------------------------------------
-def config_message(kind: str, *, max_batch_size: int = 8, **params: Any) -> Any:
-    """A ModelConfig as export/triton/config.py writes it (built here independently)."""
+def config_message(kind: str, *, max_batch_size: int = 8,
+                   id_kind: str | None = contract.IDS_INDEX, **params: Any) -> Any:
+    """A ModelConfig as export/triton/config.py writes it (built here independently).
+
+    ``id_kind=None``: an older export (no id_kind parameter, no num_results output).
+    """
     config = model_config_pb2.ModelConfig(name=f"mf_{kind}", max_batch_size=max_batch_size)
-    user = config.input.add(name=contract.USER_ID, data_type=model_config_pb2.TYPE_INT64,
-                            dims=[1])
+    id_type = model_config_pb2.TYPE_STRING if id_kind == contract.IDS_STR else \
+        model_config_pb2.TYPE_INT64
+    user = config.input.add(name=contract.USER_ID, data_type=id_type, dims=[1])
     user.reshape.SetInParent()
     second = contract.ITEM_IDS if kind == contract.GRAPH_RERANK else contract.EXCLUDE_ITEM_IDS
-    config.input.add(name=second, data_type=model_config_pb2.TYPE_INT64, dims=[-1])
+    config.input.add(name=second, data_type=id_type, dims=[-1])
+    legacy = id_kind is None
     for name in contract.OUTPUTS[kind]:
-        dtype = model_config_pb2.TYPE_FP32 if name == contract.TOP_SCORES else \
-            model_config_pb2.TYPE_INT64
-        config.output.add(name=name, data_type=dtype, dims=[K])
+        if name == contract.NUM_RESULTS and legacy:
+            continue  # older exports had no num_results
+        dtype = {contract.TOP_SCORES: model_config_pb2.TYPE_FP32,
+                 contract.TOP_ITEM_IDS: id_type}.get(name, model_config_pb2.TYPE_INT64)
+        config.output.add(name=name, data_type=dtype,
+                          dims=[1] if name == contract.NUM_RESULTS else [K])
     values = {
         contract.PARAM_GRAPH_KIND: kind,
-        contract.PARAM_NUM_USERS: NUM_USERS,
-        contract.PARAM_NUM_ITEMS: NUM_ITEMS,
-        contract.PARAM_EMBEDDING_DIM: 3,
+        contract.PARAM_ID_KIND: id_kind,
         contract.PARAM_K: K,
         contract.PARAM_MAX_CANDIDATES: MAX_CANDIDATES,
         contract.PARAM_MAX_EXCLUDE: MAX_EXCLUDE,
@@ -88,21 +106,24 @@ def grpc_json(message: Any) -> dict[str, Any]:
     return json.loads(MessageToJson(response, preserving_proto_field_name=True))
 
 
-def http_json(kind: str) -> dict[str, Any]:
+def http_json(kind: str, id_kind: str = contract.IDS_INDEX) -> dict[str, Any]:
     """What the HTTP endpoint returns (shape captured from tritonserver 2.51)."""
+    id_type = "TYPE_STRING" if id_kind == contract.IDS_STR else "TYPE_INT64"
     outputs = [
-        {"name": n, "data_type": "TYPE_FP32" if n == contract.TOP_SCORES else "TYPE_INT64",
-         "dims": [K], "label_filename": "", "is_shape_tensor": False}
+        {"name": n, "data_type": {contract.TOP_SCORES: "TYPE_FP32",
+                                  contract.TOP_ITEM_IDS: id_type}.get(n, "TYPE_INT64"),
+         "dims": [1 if n == contract.NUM_RESULTS else K], "label_filename": "",
+         "is_shape_tensor": False}
         for n in contract.OUTPUTS[kind]
     ]
     second = contract.ITEM_IDS if kind == contract.GRAPH_RERANK else contract.EXCLUDE_ITEM_IDS
     return {
         "name": f"mf_{kind}", "platform": "", "backend": "python", "max_batch_size": 8,
         "input": [
-            {"name": contract.USER_ID, "data_type": "TYPE_INT64", "format": "FORMAT_NONE",
+            {"name": contract.USER_ID, "data_type": id_type, "format": "FORMAT_NONE",
              "dims": [1], "reshape": {"shape": []}, "is_shape_tensor": False,
              "allow_ragged_batch": False, "optional": False},
-            {"name": second, "data_type": "TYPE_INT64", "format": "FORMAT_NONE",
+            {"name": second, "data_type": id_type, "format": "FORMAT_NONE",
              "dims": [-1], "is_shape_tensor": False, "allow_ragged_batch": True,
              "optional": kind == contract.GRAPH_RETRIEVE},
         ],
@@ -110,33 +131,48 @@ def http_json(kind: str) -> dict[str, Any]:
         "dynamic_batching": {"max_queue_delay_microseconds": 100},
         "parameters": {
             contract.PARAM_GRAPH_KIND: {"string_value": kind},
-            contract.PARAM_NUM_USERS: {"string_value": str(NUM_USERS)},
-            contract.PARAM_NUM_ITEMS: {"string_value": str(NUM_ITEMS)},
-            contract.PARAM_EMBEDDING_DIM: {"string_value": "3"},
+            contract.PARAM_ID_KIND: {"string_value": id_kind},
             contract.PARAM_K: {"string_value": str(K)},
             contract.PARAM_MAX_CANDIDATES: {"string_value": str(MAX_CANDIDATES)},
             contract.PARAM_MAX_EXCLUDE: {"string_value": str(MAX_EXCLUDE)},
+            contract.PARAM_USER_VOCAB: {"string_value": contract.USER_VOCAB_FILE},
+            contract.PARAM_ITEM_VOCAB: {"string_value": contract.ITEM_VOCAB_FILE},
         },
     }
 
 
 # -- a fake transport answering like a served graph ------------------------------------------
-def reference_answer(kind: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """numpy version of the contract: invalid slots -1 / -inf, k columns, best first."""
-    users = inputs[contract.USER_ID].reshape(-1)
-    valid_user = (users >= 0) & (users < NUM_USERS)
-    u = USERS[np.where(valid_user, users, 0)]
+def _lookup(table: Sequence[Any], values: np.ndarray, id_kind: str) -> np.ndarray:
+    """Raw wire ids -> dense indices of ``table`` (-1: unknown), as the graph maps them."""
+    index = {raw: i for i, raw in enumerate(table)}
+    flat = [v.decode("utf-8") if id_kind == contract.IDS_STR else int(v)
+            for v in values.ravel().tolist()]
+    return np.array([index.get(v, -1) for v in flat], dtype=np.int64).reshape(values.shape)
+
+
+def reference_answer(kind: str, inputs: Mapping[str, np.ndarray],
+                     id_kind: str = contract.IDS_INDEX, *, users_table: np.ndarray = USERS,
+                     items_table: np.ndarray = ITEMS, legacy: bool = False
+                     ) -> dict[str, np.ndarray]:
+    """numpy version of the contract: k columns, best first, num_results, empty slots
+    PAD / -1 ids, -1 positions and EMPTY_SCORE (legacy: -1 / -inf, no num_results)."""
+    users, second = inputs[contract.USER_ID].reshape(-1), inputs.get(
+        contract.ITEM_IDS, inputs.get(contract.EXCLUDE_ITEM_IDS))
+    if id_kind != contract.IDS_INDEX:
+        user_table, item_table = RAW_IDS[id_kind]
+        users, second = _lookup(user_table, users, id_kind), _lookup(item_table, second, id_kind)
+    valid_user = (users >= 0) & (users < len(users_table))
+    u = users_table[np.where(valid_user, users, 0)]
     if kind == contract.GRAPH_RERANK:
-        cand = inputs[contract.ITEM_IDS]
-        ok = (cand >= 0) & (cand < NUM_ITEMS) & valid_user[:, None]
-        scores = np.einsum("bd,bnd->bn", u, ITEMS[np.where(ok, cand, 0)])
-        ids = np.where(ok, cand, -1)
+        ok = (second >= 0) & (second < len(items_table)) & valid_user[:, None]
+        scores = np.einsum("bd,bnd->bn", u, items_table[np.where(ok, second, 0)])
+        ids = np.where(ok, second, -1)
     else:
-        scores = u @ ITEMS.T
+        scores = u @ items_table.T
         ok = np.broadcast_to(valid_user[:, None], scores.shape).copy()
-        for b, row in enumerate(inputs[contract.EXCLUDE_ITEM_IDS]):
-            ok[b, row[row >= 0]] = False
-        ids = np.broadcast_to(np.arange(NUM_ITEMS), scores.shape)
+        for b, row in enumerate(second):
+            ok[b, row[(row >= 0) & (row < len(items_table))]] = False
+        ids = np.broadcast_to(np.arange(len(items_table)), scores.shape)
     scores = np.where(ok, scores, -np.inf).astype(np.float32)
     pad = max(0, K - scores.shape[1])
     scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
@@ -144,21 +180,44 @@ def reference_answer(kind: str, inputs: Mapping[str, np.ndarray]) -> dict[str, n
     order = np.argsort(-scores, axis=1, kind="stable")[:, :K]
     top = np.take_along_axis(scores, order, axis=1)
     empty = np.isinf(top)
-    out = {
-        contract.TOP_ITEM_IDS: np.where(empty, -1, np.take_along_axis(ids, order, axis=1)),
-        contract.TOP_SCORES: top,
-    }
+    top_ids = np.where(empty, -1, np.take_along_axis(ids, order, axis=1))
+    out = {contract.TOP_ITEM_IDS: top_ids,
+           contract.TOP_SCORES: top if legacy else np.where(
+               empty, np.float32(contract.EMPTY_SCORE), top).astype(np.float32)}
+    if id_kind != contract.IDS_INDEX:
+        table = RAW_IDS[id_kind][1]
+        raw = [table[i] if i >= 0 else None for i in top_ids.ravel().tolist()]
+        if id_kind == contract.IDS_INT:
+            out[contract.TOP_ITEM_IDS] = np.array(
+                [contract.PAD_INT if v is None else v for v in raw], np.int64).reshape(empty.shape)
+        else:
+            wire = np.empty(len(raw), dtype=object)
+            wire[:] = [(contract.PAD_STR if v is None else v).encode() for v in raw]
+            out[contract.TOP_ITEM_IDS] = wire.reshape(empty.shape)
     if kind == contract.GRAPH_RERANK:
         out[contract.TOP_POSITIONS] = np.where(empty, -1, order)
+    if not legacy:
+        out[contract.NUM_RESULTS] = (~empty).sum(axis=1, keepdims=True).astype(np.int64)
     return out
 
 
 class FakeTransport:
-    """Records every call; `failures` are raised (in order) before answering."""
+    """Records every call; `failures` are raised (in order) before answering.
 
-    def __init__(self, config: dict[str, Any], kind: str) -> None:
+    Answers as version `version` (an `InferAnswer`), or, while `versions` is not empty,
+    as the next version popped from it; `tables` gives a version's own user and item
+    tables (a retrain that moved the dense indices).
+    """
+
+    def __init__(self, config: dict[str, Any], kind: str, id_kind: str = contract.IDS_INDEX,
+                 *, legacy: bool = False) -> None:
         self.config = config
         self.kind = kind
+        self.id_kind = id_kind
+        self.legacy = legacy
+        self.version = "1"
+        self.versions: list[str] = []
+        self.tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.requests: list[dict[str, np.ndarray]] = []
         self.failures: list[Exception] = []
         self.config_calls = 0
@@ -176,8 +235,13 @@ class FakeTransport:
     def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict:
         self._maybe_fail()
         self.requests.append({name: np.array(a) for name, a in inputs.items()})
-        assert tuple(outputs) == contract.OUTPUTS[self.kind]
-        return reference_answer(self.kind, inputs)
+        wanted = contract.OUTPUTS[self.kind]
+        assert tuple(outputs) == (wanted[:-1] if self.legacy else wanted)
+        version = self.versions.pop(0) if self.versions else self.version
+        users, items = self.tables.get(version, (USERS, ITEMS))
+        answer = reference_answer(self.kind, inputs, self.id_kind, users_table=users,
+                                  items_table=items, legacy=self.legacy)
+        return InferAnswer(answer, model_version=version)
 
     def close(self) -> None:
         self.closed = True
@@ -196,9 +260,13 @@ class AsyncFakeTransport(FakeTransport):
 
 
 def make_client(
-    kind: str, *, vocabularies: Any = VOCABS, config: dict | None = None, **options: Any
+    kind: str, *, vocabularies: Any = VOCABS, config: dict | None = None,
+    id_kind: str = contract.IDS_INDEX, legacy: bool = False, **options: Any
 ) -> tuple[RecommenderClient, FakeTransport]:
-    transport = FakeTransport(config or grpc_json(config_message(kind)), kind)
+    if config is None:
+        config = grpc_json(config_message(kind, id_kind=None, **LEGACY) if legacy else
+                           config_message(kind, id_kind=id_kind))
+    transport = FakeTransport(config, kind, id_kind, legacy=legacy)
     client = RecommenderClient("fake:0", f"mf_{kind}", vocabularies=vocabularies,
                                transport=transport, **options)
     client._sleep = lambda seconds: None
@@ -236,17 +304,51 @@ def test_package_exports_public_names_when_imported() -> None:
 
 
 # -- config parsing -------------------------------------------------------------------------
+@pytest.mark.parametrize("id_kind", contract.ID_KINDS)
 @pytest.mark.parametrize("kind", contract.GRAPH_KINDS)
-def test_parse_model_info_is_identical_when_config_comes_from_grpc_or_http(kind: str) -> None:
-    from_grpc = parse_model_info(grpc_json(config_message(kind)))
-    from_http = parse_model_info(http_json(kind))
+def test_parse_model_info_is_identical_when_config_comes_from_grpc_or_http(
+    kind: str, id_kind: str
+) -> None:
+    from_grpc = parse_model_info(grpc_json(config_message(kind, id_kind=id_kind)))
+    from_http = parse_model_info(http_json(kind, id_kind))
     assert from_grpc == from_http
-    assert (from_grpc.graph_kind, from_grpc.k, from_grpc.num_users, from_grpc.num_items) == (
-        kind, K, NUM_USERS, NUM_ITEMS)
+    assert (from_grpc.graph_kind, from_grpc.id_kind, from_grpc.k) == (kind, id_kind, K)
+    assert (from_grpc.num_users, from_grpc.num_items, from_grpc.embedding_dim) == (None,) * 3
     assert (from_grpc.max_batch_size, from_grpc.max_candidates, from_grpc.max_exclude) == (
         8, MAX_CANDIDATES, MAX_EXCLUDE)
     assert from_grpc.inputs[contract.USER_ID].dims == (1,)
-    assert from_grpc.embedding_dim == 3
+    assert from_grpc.outputs[contract.NUM_RESULTS].dims == (1,)
+    assert from_grpc.raw_ids is (id_kind != contract.IDS_INDEX)
+    expected_type = "TYPE_STRING" if id_kind == contract.IDS_STR else "TYPE_INT64"
+    assert from_grpc.inputs[contract.USER_ID].data_type == expected_type
+    assert from_grpc.outputs[contract.TOP_ITEM_IDS].data_type == expected_type
+
+
+def test_parse_model_info_reads_an_older_config_as_a_dense_index_model_with_sizes() -> None:
+    info = parse_model_info(grpc_json(config_message(contract.GRAPH_RERANK, id_kind=None,
+                                                     **LEGACY)))
+    assert (info.id_kind, info.num_users, info.num_items, info.embedding_dim) == (
+        contract.IDS_INDEX, NUM_USERS, NUM_ITEMS, 3)
+    assert not info.has_num_results and contract.NUM_RESULTS not in info.outputs_to_request
+
+
+@pytest.mark.parametrize("tensor", [contract.USER_ID, contract.TOP_ITEM_IDS])
+def test_parse_model_info_raises_contract_error_when_id_dtype_contradicts_id_kind(tensor):
+    config = config_message(contract.GRAPH_RERANK, id_kind=contract.IDS_STR)
+    for spec in (*config.input, *config.output):
+        if spec.name == tensor:
+            spec.data_type = model_config_pb2.TYPE_INT64
+    with pytest.raises(ModelContractError, match=_re(
+        f"(id_kind 'str'): tensor {tensor!r} must be TYPE_STRING. Received: TYPE_INT64"
+    )):
+        parse_model_info(grpc_json(config))
+
+
+def test_parse_model_info_raises_contract_error_when_raw_model_lacks_num_results() -> None:
+    config = config_message(contract.GRAPH_RETRIEVE, id_kind=contract.IDS_INT)
+    del config.output[2]
+    with pytest.raises(ModelContractError, match=r"output\(s\) \['num_results'\] missing"):
+        parse_model_info(grpc_json(config))
 
 
 def test_normalize_config_gives_http_shape_when_given_grpc_json() -> None:
@@ -273,6 +375,8 @@ def test_get_model_config_returns_dict_or_message_when_as_json_is_set(rerank) ->
         ({contract.PARAM_K: None}, "parameter 'k' is missing"),
         ({contract.PARAM_NUM_USERS: "many"}, "'num_users' must be an integer. Received: 'many'"),
         ({contract.PARAM_GRAPH_KIND: "ranking"}, "must be one of ('rerank', 'retrieve')"),
+        ({contract.PARAM_ID_KIND: "uuid"}, "'id_kind' must be one of ('int', 'str', 'index'). "
+         "Received: 'uuid'"),
     ],
 )
 def test_parse_model_info_raises_contract_error_when_parameters_are_bad(params, message):
@@ -308,12 +412,10 @@ RERANK_CASES = [
     # (user_ids, candidates, kwargs, error text)
     (["nobody"], [[100]], {}, "`user_ids`: Unknown user id 'nobody': not in the vocabulary of 4"),
     (["u0"], [[100, 999]], {}, "`candidate_item_ids`: Unknown item id 999"),
-    ([4], [[0]], {"raw_ids": False}, "`user_ids` index out of range at 0: expected dense "
-     "indices in [0, 4). Received: 4"),
     ([0, -1], [[0], [0]], {"raw_ids": False}, "`user_ids` index out of range at 1: expected "
-     "dense indices in [0, 4). Received: -1"),
-    ([0], [[3, 12]], {"raw_ids": False}, "`candidate_item_ids` index out of range at [0, 1]: "
-     "expected dense indices in [0, 12). Received: 12"),
+     "dense indices in >= 0. Received: -1"),
+    ([0], [[3, -2]], {"raw_ids": False}, "`candidate_item_ids` index out of range at [0, 1]: "
+     "expected dense indices in >= 0. Received: -2"),
     ([0.0], [[1]], {"raw_ids": False}, "`user_ids` must hold integer dense indices. "
      "Received: 0.0 (dtype float64)"),
     ([0], [[1.5]], {"raw_ids": False}, "`candidate_item_ids` must hold integer dense indices. "
@@ -362,8 +464,8 @@ def test_rerank_raises_invalid_request_when_input_is_bad(
 RETRIEVE_CASES = [
     # (user_ids, kwargs, error text)
     (["u0"], {"exclude": [[100, 5]]}, "`exclude[0]`: Unknown item id 5"),
-    ([0, 1], {"raw_ids": False, "exclude": [[1], [12]]}, "`exclude[1]` index out of range "
-     "at 0: expected dense indices in [0, 12). Received: 12"),
+    ([0, 1], {"raw_ids": False, "exclude": [[1], [-3]]}, "`exclude[1]` index out of range "
+     "at 0: expected dense indices in >= 0. Received: -3"),
     ([0], {"raw_ids": False, "exclude": [[1, 2, 3, 4]]}, "`exclude[0]` is too long: model "
      "'mf_retrieve' accepts at most max_exclude=3 items per user. Received: 4"),
     ([0], {"raw_ids": False, "exclude": [[1], [2]]}, "`exclude` needs one list per user. "
@@ -383,6 +485,43 @@ def test_recommend_raises_invalid_request_when_input_is_bad(retrieve, users, kwa
     with pytest.raises(InvalidRequestError, match=_re(message)):
         client.recommend(users, **kwargs)
     assert transport.requests == []
+
+
+LEGACY_RANGE_CASES = [
+    ("rerank", {"user_ids": [4], "candidate_item_ids": [[0]]}, "`user_ids` index out of range "
+     "at 0: expected dense indices in [0, 4). Received: 4"),
+    ("rerank", {"user_ids": [0, -1], "candidate_item_ids": [[0], [0]]}, "`user_ids` index out "
+     "of range at 1: expected dense indices in [0, 4). Received: -1"),
+    ("rerank", {"user_ids": [0], "candidate_item_ids": [[3, 12]]}, "`candidate_item_ids` "
+     "index out of range at [0, 1]: expected dense indices in [0, 12). Received: 12"),
+    ("recommend", {"user_ids": [0, 1], "exclude": [[1], [12]]}, "`exclude[1]` index out of "
+     "range at 0: expected dense indices in [0, 12). Received: 12"),
+]
+
+
+@pytest.mark.parametrize("method, kwargs, message", LEGACY_RANGE_CASES)
+def test_index_range_is_checked_client_side_when_an_older_config_gives_the_sizes(
+    method, kwargs, message
+) -> None:
+    kind = contract.GRAPH_RERANK if method == "rerank" else contract.GRAPH_RETRIEVE
+    client, transport = make_client(kind, legacy=True)
+    with pytest.raises(InvalidRequestError, match=_re(message)):
+        getattr(client, method)(raw_ids=False, **kwargs)
+    assert transport.requests == []
+
+
+def test_out_of_range_indices_are_sent_and_answered_empty_when_sizes_are_unknown(
+    rerank, retrieve
+) -> None:
+    client, transport = rerank
+    result = client.rerank([0, NUM_USERS + 5], [[3, NUM_ITEMS + 1], [1, 2]], raw_ids=False)
+    assert transport.requests[0][contract.USER_ID][:, 0].tolist() == [0, NUM_USERS + 5]
+    assert result.num_results.tolist() == [1, 0]
+    assert result.item_ids[0].tolist() == [3] + [-1] * (K - 1)
+    assert result.positions[0].tolist() == [0] + [-1] * (K - 1)
+    assert np.isneginf(result.scores[0, 1:]).all() and np.isneginf(result.scores[1]).all()
+    client, _ = retrieve
+    assert client.recommend([1], exclude=[[NUM_ITEMS + 9]], raw_ids=False).num_results[0] == K
 
 
 def test_unknown_raw_id_error_is_also_vocabulary_unknown_id_error_when_raised(rerank) -> None:
@@ -456,8 +595,13 @@ def test_rerank_splits_into_max_batch_size_chunks_and_keeps_order_when_batch_is_
         contract.USER_ID: users, contract.ITEM_IDS: candidates})
     np.testing.assert_array_equal(result.item_ids, expected[contract.TOP_ITEM_IDS])
     np.testing.assert_array_equal(result.positions, expected[contract.TOP_POSITIONS])
-    np.testing.assert_allclose(result.scores, expected[contract.TOP_SCORES])
+    empty = expected[contract.TOP_SCORES] == np.float32(contract.EMPTY_SCORE)
+    np.testing.assert_allclose(result.scores, np.where(empty, -np.inf,
+                                                       expected[contract.TOP_SCORES]))
+    assert np.isneginf(result.scores[empty]).all() and empty.any()
+    np.testing.assert_array_equal(result.num_results, (~empty).sum(axis=1))
     np.testing.assert_array_equal(result.user_ids, users)
+    assert result.model_version == "1"
 
 
 def test_recommend_pads_exclusions_per_chunk_with_minus_1_when_lists_differ_in_length() -> None:
@@ -665,14 +809,15 @@ def test_load_vocabularies_raises_invalid_request_when_files_are_missing(tmp_pat
 
 def test_client_loads_vocabularies_from_folder_when_path_is_given(tmp_path) -> None:
     _publish(tmp_path, "mf_rerank", 3, list(USER_VOCAB.ids), list(ITEM_VOCAB.ids))
-    client, _ = make_client(contract.GRAPH_RERANK, vocabularies=tmp_path)
+    client, transport = make_client(contract.GRAPH_RERANK, vocabularies=tmp_path)
+    transport.version = "3"
     assert client.rerank(["u3"], [[120]]).item_ids[0, 0] == 120
     assert client.vocabularies.users == USER_VOCAB
 
 
 def test_client_raises_contract_error_when_vocabulary_size_differs_from_model(tmp_path) -> None:
     _publish(tmp_path, "mf_rerank", 1, ["only"], list(ITEM_VOCAB.ids))
-    client, _ = make_client(contract.GRAPH_RERANK, vocabularies=tmp_path)
+    client, _ = make_client(contract.GRAPH_RERANK, vocabularies=tmp_path, legacy=True)
     with pytest.raises(ModelContractError, match="user vocabulary has 1 ids but model "
                        "'mf_rerank' has num_users=4"):
         _ = client.model_info
@@ -761,7 +906,8 @@ def test_cli_uses_dense_ids_when_no_vocab_dir(fake_cli_client, capsys) -> None:
         (contract.GRAPH_RERANK, ["--user", "ghost", "--candidates", "110", "--vocab-dir", "."],
          "error: `user_ids`: Unknown user id 'ghost'"),
         (contract.GRAPH_RERANK, ["--user", "0"], "pass --candidates"),
-        (contract.GRAPH_RETRIEVE, ["--user", "x"], "without --vocab-dir ids are dense"),
+        (contract.GRAPH_RETRIEVE, ["--user", "x"],
+         "without --vocab-dir ids of a dense-index model are dense"),
         (contract.GRAPH_RETRIEVE, ["--user", "0", "--k", "99"], "Received: k=99"),
         (contract.GRAPH_RETRIEVE, ["--user", "0", "--items-csv", "/no/such.csv"],
          "No such file"),
@@ -803,8 +949,9 @@ def test_async_client_fetches_config_once_when_first_requests_run_concurrently()
 
 
 @pytest.mark.parametrize("module", [
-    "client", "client._retry", "client._transport", "client.admin", "client.aio", "client.cli",
-    "client.errors", "client.model_info", "client.vocabularies", "kmr.vocabulary",
+    "client", "client._codec", "client._ids", "client._retry", "client._transport",
+    "client.admin", "client.aio", "client.cli", "client.errors", "client.model_info",
+    "client.recommender_client", "client.vocabularies", "kmr.vocabulary",
 ])
 def test_docstring_examples_run_when_collected_by_doctest(module: str) -> None:
     import doctest
@@ -817,9 +964,10 @@ def test_docstring_examples_run_when_collected_by_doctest(module: str) -> None:
 
 def test_int_vocabulary_refuses_non_decimal_text_as_unknown_id_when_raw_ids(retrieve) -> None:
     client, transport = retrieve
-    client.recommend(["u1"], exclude=[["0100", " 110 ", "+120"]])  # decimal text is an int id
+    client.recommend(["u1"], exclude=[["100", "110", 120]])  # canonical text is an int id
     assert transport.requests[0][contract.EXCLUDE_ITEM_IDS].tolist() == [[0, 1, 2]]
-    for text in ("--100", "²", "٣", "1e2"):  # int("--100") etc. used to escape as ValueError
+    # Not the canonical text of an int: not an id of an int vocabulary (raw ids are exact).
+    for text in ("0100", " 110 ", "+120", "--100", "²", "٣", "1e2"):
         with pytest.raises(UnknownRawIdError, match="Unknown item id"):
             client.recommend(["u1"], exclude=[[text]])
 

@@ -89,8 +89,9 @@ def url_of(server: LocalTritonServer, protocol: str) -> str:
 def test_model_info_matches_exported_config_when_read_from_server(server, protocol) -> None:
     with RecommenderClient(url_of(server, protocol), RERANK, protocol=protocol) as client:
         info = client.model_info
-    assert (info.graph_kind, info.k, info.num_users, info.num_items) == (
-        contract.GRAPH_RERANK, K, NUM_USERS, NUM_ITEMS)
+    # Table sizes are per-version facts (export_manifest.json), not in the model config.
+    assert (info.graph_kind, info.k, info.num_users, info.num_items, info.id_kind) == (
+        contract.GRAPH_RERANK, K, None, None, contract.IDS_INDEX)
     assert (info.max_batch_size, info.max_candidates, info.max_exclude) == (
         MAX_BATCH, MAX_CANDIDATES, MAX_EXCLUDE)
     assert info.inputs[contract.USER_ID].dims == (1,)
@@ -287,7 +288,12 @@ EXPORT_K = 5
 
 
 def _export_version(repo: Path, artifacts: Path, seed: int) -> dict[str, Path]:
-    """Exports a tiny random-weight recommender (both graphs) with raw-id vocabularies."""
+    """Exports a tiny model (both graphs) as a dense-index model with vocabulary files.
+
+    These tests cover the client's vocabulary path (``--ids index``): raw ids mapped by
+    the files of the version that answered. Raw-id graphs: tests/e2e/test_raw_ids*.py and
+    test_end_to_end.py.
+    """
     from export.api import ExportOptions, export_model
     from tests.support.export_helpers import save_artifacts, tiny_model
 
@@ -296,7 +302,7 @@ def _export_version(repo: Path, artifacts: Path, seed: int) -> dict[str, Path]:
     Vocabulary(EXPORT_USERS).save(model_path.parent / contract.USER_VOCAB_FILE)
     Vocabulary(EXPORT_ITEMS).save(model_path.parent / contract.ITEM_VOCAB_FILE)
     options = ExportOptions(name="mf", graph="both", k=EXPORT_K, backend="python",
-                            max_batch_size=MAX_BATCH)
+                            max_batch_size=MAX_BATCH, ids="index")
     result = export_model(model_path, repo, options)
     return {m.graph_kind: m.version_dir for m in result.models}
 

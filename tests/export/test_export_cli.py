@@ -147,3 +147,14 @@ def test_triton_home_defaults_to_user_cache_when_no_override(tmp_path, monkeypat
     assert str(tmp_path / "cache" / "kmr-recommender" / "triton") in str(info.value)
     root = Path(__file__).resolve().parents[2]
     assert str(root) not in str(info.value)  # never inside the source tree
+
+
+@pytest.mark.parametrize("url", ["s3://models/repo", "gs://b/p", "https://host/repo",
+                                 "file:///tmp/x"])
+def test_export_cli_refuses_url_when_repository_is_not_a_local_folder(tmp_path, artifacts,
+                                                                      capsys, monkeypatch,
+                                                                      url):
+    monkeypatch.chdir(tmp_path)
+    assert _export(artifacts, url, "--k", "3") == 1
+    assert "export writes a local folder only" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no folder named "s3:" appears

@@ -109,7 +109,8 @@ def test_export_model_publishes_version_files_when_ok(tmp_path, artifacts):
     assert (model.name, model.version) == ("mf", 1)
     files = sorted(p.name for p in model.version_dir.iterdir())
     assert files == sorted([contract.ONNX_FILE, contract.USER_VOCAB_FILE,
-                            contract.ITEM_VOCAB_FILE, "export_manifest.json"])
+                            contract.ITEM_VOCAB_FILE, "export_manifest.json",
+                            "perf_analyzer_data.json"])
     manifest = json.loads((model.version_dir / "export_manifest.json").read_text())
     assert manifest["graph_kind"] == "rerank" and manifest["k"] == 5
     assert manifest["parity"]["ids_equal"] is True
@@ -138,7 +139,7 @@ def test_config_matches_onnx_io_when_exported(tmp_path, artifacts, backend):
             onnx_type = value.type.tensor_type.elem_type
             assert spec.data_type == {8: 9, 1: 11}[dtypes[onnx_type]]  # INT64=9, FP32=11
         for o in config.output:
-            assert list(o.dims) == [4]
+            assert list(o.dims) == ([1] if o.name == contract.NUM_RESULTS else [4])
         assert config.parameters[contract.PARAM_GRAPH_KIND].string_value == m.graph_kind
         assert (m.version_dir / "model.py").exists() == (backend == "python")
 

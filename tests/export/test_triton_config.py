@@ -9,7 +9,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.triton import config as tc
 from kmr import contract
 
-SIZES = dict(num_users=7, num_items=50, embedding_dim=4, k=5)
+SIZES = dict(k=5)
 CASES = [(kind, backend) for kind in contract.GRAPH_KINDS for backend in tc.BACKENDS]
 
 
@@ -51,9 +51,20 @@ def test_build_model_config_has_contract_tensors_when_built(kind: str, backend: 
     assert not user.optional and not user.allow_ragged_batch
 
     for out in config.output:
-        assert list(out.dims) == [SIZES["k"]]
+        count = out.name == contract.NUM_RESULTS
+        assert list(out.dims) == ([1] if count else [SIZES["k"]])
         expected = mc.TYPE_FP32 if out.name == contract.TOP_SCORES else mc.TYPE_INT64
         assert out.data_type == expected
+
+
+@pytest.mark.parametrize(("kind", "backend"), CASES)
+def test_build_model_config_declares_bytes_ids_when_id_kind_is_str(kind: str, backend: str):
+    config = _build(kind, backend, id_kind=contract.IDS_STR)
+    assert all(t.data_type == mc.TYPE_STRING for t in config.input)
+    types = {o.name: o.data_type for o in config.output}
+    assert types[contract.TOP_ITEM_IDS] == mc.TYPE_STRING
+    assert types[contract.NUM_RESULTS] == mc.TYPE_INT64
+    assert tc.model_parameters(config)[contract.PARAM_ID_KIND] == contract.IDS_STR
 
 
 @pytest.mark.parametrize("kind", contract.GRAPH_KINDS)
@@ -79,9 +90,9 @@ def test_build_model_config_records_parameters_when_built(kind: str, backend: st
     config = _build(kind, backend, max_candidates=300, max_exclude=40)
     params = tc.model_parameters(tc.config_from_text(tc.config_to_text(config)))
     assert params[contract.PARAM_GRAPH_KIND] == kind
-    assert params[contract.PARAM_NUM_USERS] == 7
-    assert params[contract.PARAM_NUM_ITEMS] == 50
-    assert params[contract.PARAM_EMBEDDING_DIM] == 4
+    # Table sizes are facts of a version (its manifest), never of the model's config.
+    assert contract.PARAM_NUM_USERS not in params and contract.PARAM_NUM_ITEMS not in params
+    assert params[contract.PARAM_ID_KIND] == contract.IDS_INDEX
     assert params[contract.PARAM_K] == 5
     assert params[contract.PARAM_MAX_CANDIDATES] == 300
     assert params[contract.PARAM_MAX_EXCLUDE] == 40
@@ -134,7 +145,7 @@ def test_build_model_config_warmup_fits_when_max_candidates_is_small() -> None:
         (dict(graph_kind="ranking"), "graph_kind"),
         (dict(backend="tensorrt"), "backend"),
         (dict(k=0), "Received: k=0"),
-        (dict(num_items=-1), "num_items"),
+        (dict(id_kind="uuid"), "id_kind"),
         (dict(instance_count=1.5), "instance_count"),
         (dict(max_queue_delay_us=-5), "max_queue_delay_us"),
         (dict(max_batch_size=8, preferred_batch_sizes=[4, 16]), r"\[4, 16\]"),

@@ -87,7 +87,8 @@ def test_spec_model_exports_both_graphs_and_matches_its_own_topk_when_saved(spec
     wide = rng.integers(0, 5000, (2, 7))
     served = _served_rerank(tmp_path / "repo" / "seed_rerank" / "1", users[:2], wide)
     assert served[contract.TOP_ITEM_IDS].shape == (2, 10)
-    assert (served[contract.TOP_ITEM_IDS][:, 7:] == contract.INVALID_ID).all()
+    assert served[contract.NUM_RESULTS].tolist() == [[7], [7]]
+    assert (served[contract.TOP_ITEM_IDS][:, 7:] == contract.PAD_INT).all()  # raw-id graph
     manifest = json.loads((tmp_path / "repo" / "seed_retrieve" / "1" /
                            "export_manifest.json").read_text())
     assert manifest["k"] == 10 and manifest["vocabularies"]["item_vocabulary.json"] == "identity"

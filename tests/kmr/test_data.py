@@ -9,6 +9,7 @@ import pytest
 
 from export.errors import DataError
 from kmr.data.files import load_interactions
+from kmr.vocabulary import UnknownIdError
 
 ML_LATEST = (
     "userId,movieId,rating,timestamp\n"
@@ -175,9 +176,15 @@ def test_load_interactions_keeps_ids_as_strings_when_beyond_int64(tmp_path):
     assert data.item_vocab.kind == "int"
 
 
-def test_load_interactions_reads_signed_ids_as_ints_when_ascii_digits(tmp_path):
-    data = load_interactions(write(tmp_path, "user,item\n+5,-1\n5,7\n"))
-    assert data.user_vocab.ids == (5,) and data.item_vocab.ids == (-1, 7)
-    assert data.user_vocab.to_indices(["+5"]).tolist() == [0]  # same rule as requests
+def test_load_interactions_keeps_ids_as_text_when_not_canonical_ints(tmp_path):
+    data = load_interactions(write(tmp_path, "user,item\n+5,-1\n+5,7\n5,7\n5,-1\n"))
+    assert data.user_vocab.ids == ("+5", "5") and data.item_vocab.ids == (-1, 7)
+    zeros = load_interactions(write(tmp_path, "user,item\n001,0439708184\n001,439708184\n"
+                                              "1,439708184\n1,0439708184\n"))
+    assert zeros.user_vocab.ids == ("001", "1")  # two users, not one
+    assert zeros.item_vocab.ids == ("0439708184", "439708184")
+    assert data.item_vocab.to_indices(["-1", 7]).tolist() == [0, 1]  # canonical text is ok
+    with pytest.raises(UnknownIdError):
+        data.item_vocab.to_indices(["007"])
     text = "user,item\n\u0663,1\n\u0663,2\n"  # Arabic-Indic 3: text, as requests treat it
     assert load_interactions(write(tmp_path, text)).user_vocab.ids == ("\u0663",)

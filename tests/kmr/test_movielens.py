@@ -33,7 +33,7 @@ def test_load_interactions_reads_movielens_when_file_present(movielens):
 def test_train_recommender_beats_popularity_when_trained_few_epochs_on_movielens(movielens):
     # Default objective (sampled softmax) at the validated temperature and epoch count.
     settings = TrainSettings(epochs=10, embedding_dim=64, batch_size=512)
-    result = train_recommender(movielens, settings, verbose=0)
+    result = train_recommender(movielens, settings, refit=False, verbose=0)
     model, pop = result.metrics["model"], result.metrics["popularity"]
     # Popularity reaches ~0.04 on the leave-last-out split; 608 test users give a
     # standard error of ~0.01, so 1.5x popularity is a real margin, not luck.
@@ -46,6 +46,6 @@ def test_train_recommender_beats_popularity_when_full_softmax_on_movielens(movie
         epochs=4, embedding_dim=64, batch_size=512, learning_rate=0.005, temperature=0.05,
         objective="full_softmax",
     )
-    result = train_recommender(movielens, settings, verbose=0)
+    result = train_recommender(movielens, settings, refit=False, verbose=0)
     model, pop = result.metrics["model"], result.metrics["popularity"]
     assert model.recall >= 1.5 * pop.recall, (model, pop)

@@ -138,7 +138,8 @@ def test_saved_model_gives_identical_scores_when_reloaded(tmp_path, synthetic):
     for a, b in zip(result.model([users, items]), reloaded([users, items]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     metrics = json.loads((out / contract.METRICS_FILE).read_text())
-    assert set(metrics) == {"model", "popularity"} and "recall@10" in metrics["model"]
+    assert {"model", "popularity", "holdout_fit", "final_fit"} <= set(metrics)
+    assert "recall@10" in metrics["model"] and metrics["saved_model"] == "final_fit"
     assert Vocabulary.load(out / contract.ITEM_VOCAB_FILE) == synthetic.item_vocab
 
 
@@ -246,3 +247,35 @@ def test_train_cli_reads_file_when_sep_given(tmp_path, typed, sep):
     args = parser.parse_args(["--data", str(path), "--out", "x", "--sep", typed])
     data = train_command._load(args, seed=0)
     assert data.item_vocab.ids == (10, 11) and len(data) == 3
+
+
+def test_lazy_adam_equals_adam_when_gradient_covers_every_row_once():
+    import tensorflow as tf
+
+    from kmr.training.optimizers import LazyAdam
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(5, 3)).astype("f4")
+    grads = [rng.normal(size=(5, 3)).astype("f4") for _ in range(3)]
+    dense, lazy = keras.Variable(start), keras.Variable(start)
+    adam, lazy_adam = keras.optimizers.Adam(0.1), LazyAdam(0.1)
+    for g in grads:
+        adam.apply([tf.constant(g)], [dense])
+        order = np.array([3, 1, 4, 0, 2])
+        lazy_adam.apply([tf.IndexedSlices(tf.constant(g[order]), tf.constant(order),
+                                          tf.constant([5, 3]))], [lazy])
+    np.testing.assert_allclose(lazy.numpy(), dense.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_lazy_adam_leaves_rows_untouched_when_not_in_gradient():
+    import tensorflow as tf
+
+    from kmr.training.optimizers import LazyAdam
+
+    table = keras.Variable(np.ones((4, 2), "f4"))
+    optimizer = LazyAdam(0.1)
+    for _ in range(2):
+        optimizer.apply([tf.IndexedSlices(tf.ones((1, 2)), tf.constant([2]),
+                                          tf.constant([4, 2]))], [table])
+    assert np.array_equal(table.numpy()[[0, 1, 3]], np.ones((3, 2), "f4"))
+    assert (table.numpy()[2] < 1).all()

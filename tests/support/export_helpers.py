@@ -32,6 +32,12 @@ def save_artifacts(model, folder: str | os.PathLike[str]) -> Path:
     return folder / contract.MODEL_FILE
 
 
-def run_session(session, kind: str, feed: dict) -> dict:
-    names = list(contract.OUTPUTS[kind])
-    return dict(zip(names, session.run(names, feed), strict=True))
+def run_session(session, kind: str, feed: dict, id_maps=None) -> dict:
+    """A served graph on a dense feed, answers as dense (empty slots: -1 / -inf).
+
+    ``id_maps`` = ``(users, items)`` vocabularies for a raw-id graph (see
+    `export.parity.served_runner`, which also checks ``num_results``).
+    """
+    from export.parity import served_runner
+
+    return served_runner(session, kind, id_maps)(feed)

@@ -125,6 +125,14 @@ def _model(nodes: list, inputs: list, outputs: list, k: int) -> onnx.ModelProto:
         _const("axis1", np.array([1], np.int64)),
         _const("axis2", np.array([2], np.int64)),
     ]
+    # num_results [B, 1]: how many slots hold an item (the contract's count output).
+    nodes = nodes + [
+        helper.make_node("GreaterOrEqual", [contract.TOP_ITEM_IDS, "zero"], ["filled"]),
+        helper.make_node("Cast", ["filled"], ["filled_i"], to=TensorProto.INT64),
+        helper.make_node("ReduceSum", ["filled_i", "axis1"], [contract.NUM_RESULTS], keepdims=1),
+    ]
+    outputs = outputs + [helper.make_tensor_value_info(contract.NUM_RESULTS, TensorProto.INT64,
+                                                       ["B", 1])]
     used = {name for node in nodes for name in node.input}
     graph = helper.make_graph(nodes, "tiny", inputs, outputs, [t for t in inits if t.name in used])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -142,9 +150,6 @@ def add_model(
         name=name,
         graph_kind=kind,
         backend=tc.BACKEND_PYTHON,
-        num_users=NUM_USERS,
-        num_items=NUM_ITEMS,
-        embedding_dim=DIM,
         k=K,
         max_candidates=MAX_CANDIDATES,
         max_exclude=MAX_EXCLUDE,

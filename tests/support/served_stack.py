@@ -60,14 +60,20 @@ def save_tiny_artifacts(folder: str | os.PathLike[str], seed: int) -> Path:
     return model_path
 
 
-def export_version(model_path: Path, repo: Path, *, name: str = NAME) -> dict[str, Path]:
-    """Exports both graphs (python backend) into ``repo``; returns kind -> version folder."""
+def export_version(model_path: Path, repo: Path, *, name: str = NAME,
+                   ids: str = "index") -> dict[str, Path]:
+    """Exports both graphs (python backend) into ``repo``; returns kind -> version folder.
+
+    ``ids="index"`` (the default here): these stacks test the dense-index contract and the
+    client's vocabulary files; raw-id graphs have their own tests (tests/e2e/test_raw_ids*).
+    """
     from export.api import ExportOptions, export_model
 
     result = export_model(
         model_path,
         repo,
-        ExportOptions(name=name, graph="both", k=K, backend="python", max_batch_size=MAX_BATCH),
+        ExportOptions(name=name, graph="both", k=K, backend="python", max_batch_size=MAX_BATCH,
+                      ids=ids),
     )
     return {m.graph_kind: m.version_dir for m in result.models}
 
@@ -85,17 +91,20 @@ def onnx_session(version_dir: Path) -> Any:
     )
 
 
-def reference(session: Any, kind: str, users: Any, ids: Any = None) -> dict[str, np.ndarray]:
+def reference(session: Any, kind: str, users: Any, ids: Any = None,
+              id_maps: tuple[Vocabulary, Vocabulary] | None = None) -> dict[str, np.ndarray]:
     """Outputs of ``session`` for dense ``users`` [B] and ``ids`` [B, N] (None: no exclusions).
 
     The graph's own answer to the same request: the served model must return exactly this
-    (retrieve without exclusions is fed one -1 pad column, as model.py does).
+    (retrieve without exclusions is fed one -1 pad column, as model.py does). A raw-id
+    graph needs its ``id_maps`` (users, items vocabularies); answers come back dense.
     """
     users = np.asarray(users, dtype=np.int64).reshape(-1)
     if ids is None:
         ids = np.full((len(users), 1), contract.INVALID_ID, dtype=np.int64)
     ids = np.asarray(ids, dtype=np.int64)
-    return run_session(session, kind, {contract.USER_ID: users, contract.INPUTS[kind][1]: ids})
+    return run_session(session, kind, {contract.USER_ID: users, contract.INPUTS[kind][1]: ids},
+                       id_maps)
 
 
 @dataclass

@@ -1,0 +1,85 @@
+"""Hot swap to a version whose id mapping changed, under load, raw ids on the wire.
+
+Version 1 and version 2 have different item (and user) vocabularies: items were added and
+removed, so most dense indices shift. The server polls the repository; callers keep
+sending raw ids while v2 is published. Every answer is checked against the reference of
+the version that answered it (the response's ``model_version``): zero wrong raw ids, zero
+failed requests. Before ids travelled inside the served graph, a long-lived client decoded
+v2's indices with v1's vocabulary and returned wrong items without any error.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from export.triton.local_server import LocalTritonServer
+from kmr import contract
+from tests.support.raw_models import answered_ids, export_raw_model, raw_infer
+
+pytestmark = pytest.mark.triton
+
+V1_ITEMS = [f"sku-{i:03d}" for i in range(40)]
+# Remove 12 items, add 15 that sort first: nearly every item's index moves.
+V2_ITEMS = [f"new-{i:03d}" for i in range(15)] + V1_ITEMS[12:]
+V1_USERS = [f"u{i}" for i in range(10)]
+V2_USERS = [f"u{i}" for i in range(3, 14)]
+
+
+def _worker(server, versions, stop, counts, errors, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    users = sorted(set(V1_USERS) | set(V2_USERS))
+    items = sorted(set(V1_ITEMS) | set(V2_ITEMS))
+    probe = versions["1"]
+    while not stop.is_set():
+        user = users[int(rng.integers(len(users)))]
+        graph = contract.GRAPH_RERANK if rng.random() < 0.5 else contract.GRAPH_RETRIEVE
+        ids = [items[int(i)] for i in rng.choice(len(items), 6, replace=False)]
+        try:
+            answer = raw_infer(server, probe, "str", graph, user,
+                               ids if graph == contract.GRAPH_RERANK else ids[:2])
+        except InferenceServerException as error:
+            errors.append(f"{graph}: {error}")
+            continue
+        model = versions[answer["version"]]
+        # The reference of the version that answered: its own ids, tables and vocabulary.
+        if graph == contract.GRAPH_RERANK:
+            want = model.expected(user, ids)
+        else:  # exclusions unknown to this version are ignored
+            want = model.expected(user, [i for i in model.items.ids if i not in ids[:2]])
+        got = answered_ids("str", answer)
+        key = "ok" if got == want else "wrong"
+        counts[(answer["version"], key)] = counts.get((answer["version"], key), 0) + 1
+        if key == "wrong":
+            errors.append(f"v{answer['version']} {graph} {user}: got {got}, want {want}")
+
+
+def test_hot_swap_never_answers_with_another_versions_ids_when_vocabulary_changes(
+        triton_home, tmp_path) -> None:
+    repo = tmp_path / "repo"
+    versions = {"1": export_raw_model(tmp_path, "swap", V1_USERS, V1_ITEMS, 1, repo=repo)}
+    with LocalTritonServer(repo, installation=triton_home, model_control_mode="poll",
+                           repository_poll_secs=1) as server:
+        stop, counts, errors = threading.Event(), {}, []
+        workers = [threading.Thread(target=_worker, args=(server, versions, stop, counts,
+                                                          errors, seed), daemon=True)
+                   for seed in range(4)]
+        for worker in workers:
+            worker.start()
+        time.sleep(2)
+        versions["2"] = export_raw_model(tmp_path / "v2", "swap", V2_USERS, V2_ITEMS, 2,
+                                         repo=repo)
+        deadline = time.monotonic() + 60
+        while counts.get(("2", "ok"), 0) + counts.get(("2", "wrong"), 0) < 200:
+            assert time.monotonic() < deadline, (counts, errors[:5])
+            time.sleep(0.2)
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=30)
+    print(f"\n[measure] hot swap with a changed vocabulary: {counts}, errors {len(errors)}")
+    assert errors == [], errors[:10]
+    assert counts.get(("1", "ok"), 0) > 0 and counts.get(("2", "ok"), 0) >= 200
