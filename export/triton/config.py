@@ -45,6 +45,7 @@ PARAM_INTRA_OP_THREADS = "intra_op_num_threads"
 # Warm-up candidate count for rerank (a concrete dims; all-zero ids are valid ids).
 _WARMUP_CANDIDATES = 8
 
+PARAM_SHARE_SESSION = "share_session_between_instances"  # onnxruntime backend option
 _INT_PARAMS = (
     contract.PARAM_NUM_USERS,
     contract.PARAM_NUM_ITEMS,
@@ -227,6 +228,10 @@ def build_model_config(
     }
     if python:
         params[PARAM_INTRA_OP_THREADS] = intra_op_threads
+    elif instance_count > 1:
+        # Triton's onnxruntime backend loads one session (one copy of the tables) per
+        # instance unless told to share it.
+        params[PARAM_SHARE_SESSION] = "true"
     for key, value in params.items():
         config.parameters[key].string_value = str(value)
     return config

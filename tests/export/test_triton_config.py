@@ -173,3 +173,12 @@ def test_model_parameters_raises_when_integer_parameter_is_not_a_number() -> Non
     config.parameters[contract.PARAM_K].string_value = "five"
     with pytest.raises(ValueError, match="`k` must be an integer. Received: 'five'"):
         tc.model_parameters(config)
+
+
+def test_onnxruntime_instances_share_one_session_when_count_is_above_one() -> None:
+    many = _build(contract.GRAPH_RETRIEVE, tc.BACKEND_ONNXRUNTIME, instance_count=3)
+    assert tc.model_parameters(many)[tc.PARAM_SHARE_SESSION] == "true"
+    one = _build(contract.GRAPH_RETRIEVE, tc.BACKEND_ONNXRUNTIME)
+    assert tc.PARAM_SHARE_SESSION not in tc.model_parameters(one)
+    python = _build(contract.GRAPH_RETRIEVE, tc.BACKEND_PYTHON, instance_count=3)
+    assert tc.PARAM_SHARE_SESSION not in tc.model_parameters(python)
