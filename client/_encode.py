@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from client._ids import is_pad, pad_value, raw_array, to_wire
+from client._ids import is_pad, pad_value, raw_array, shaped_ids, to_wire
 from client.errors import InvalidRequestError, ModelContractError, UnknownRawIdError
 from client.model_info import ModelInfo
 from client.vocabularies import Vocabularies
@@ -180,24 +180,7 @@ def check_known(array: np.ndarray, vocab: Vocabulary, name: str, id_kind: str, *
 
 def id_array(values: Any, name: str, ndim: int, raw_ids: bool) -> np.ndarray:
     """Ids of a dense-index model: raw ids (int / str) or integer dense indices."""
-    try:
-        array = np.asarray(values)
-    except ValueError as error:  # numpy refuses ragged nested lists
-        raise InvalidRequestError(
-            f"`{name}` is ragged: every row must have the same length. ({error})"
-        ) from error
-    if ndim == 2 and array.dtype == object and array.ndim == 1 and any(
-        isinstance(row, (list, tuple, np.ndarray)) for row in array
-    ):
-        raise InvalidRequestError(f"`{name}` is ragged: every row must have the same length.")
-    if array.ndim != ndim:
-        expected = "a 1-D sequence [B]" if ndim == 1 else "a 2-D sequence [B, N]"
-        raise InvalidRequestError(
-            f"`{name}` has the wrong rank. Expected {expected}. "
-            f"Received: shape {array.shape}"
-        )
-    if array.shape[0] == 0:
-        raise InvalidRequestError(f"`{name}` is empty. Expected at least one id.")
+    array = shaped_ids(values, name, ndim)
     if array.size == 0:  # numpy gives [] float64; emptiness is checked by the caller
         return array.astype(np.int64)
     if array.dtype.kind in "bfc" or (not raw_ids and array.dtype.kind not in "iu"):

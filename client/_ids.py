@@ -86,19 +86,19 @@ def str_id(value: Any, name: str) -> str:
     )
 
 
-def raw_array(values: Any, name: str, ndim: int, id_kind: str) -> np.ndarray:
-    """Validates raw ids of a raw-id model: int64 [..] (int) or object [..] of str (str).
+def shaped_ids(values: Any, name: str, ndim: int, dtype: Any = None) -> np.ndarray:
+    """``values`` as an array of rank ``ndim`` with at least one row (any id type).
 
     Raises:
-        InvalidRequestError: wrong rank, ragged rows, no ids, or an id of the wrong kind.
+        InvalidRequestError: ragged rows, the wrong rank, or no rows.
     """
     try:
-        array = np.asarray(values, dtype=object)
-    except ValueError as error:
+        array = np.asarray(values, dtype=dtype)
+    except ValueError as error:  # numpy refuses ragged nested lists
         raise InvalidRequestError(
             f"`{name}` is ragged: every row must have the same length. ({error})"
         ) from error
-    if ndim == 2 and array.ndim == 1 and any(
+    if ndim == 2 and array.ndim == 1 and (array.dtype == object) and any(
         isinstance(row, (list, tuple, np.ndarray)) for row in array
     ):
         raise InvalidRequestError(f"`{name}` is ragged: every row must have the same length.")
@@ -109,6 +109,16 @@ def raw_array(values: Any, name: str, ndim: int, id_kind: str) -> np.ndarray:
         )
     if array.shape[0] == 0:
         raise InvalidRequestError(f"`{name}` is empty. Expected at least one id.")
+    return array
+
+
+def raw_array(values: Any, name: str, ndim: int, id_kind: str) -> np.ndarray:
+    """Validates raw ids of a raw-id model: int64 [..] (int) or object [..] of str (str).
+
+    Raises:
+        InvalidRequestError: wrong rank, ragged rows, no ids, or an id of the wrong kind.
+    """
+    array = shaped_ids(values, name, ndim, dtype=object)
     flat = array.ravel().tolist()
     if id_kind == contract.IDS_INT:
         return np.array([int_id(v, name) for v in flat], dtype=np.int64).reshape(array.shape)

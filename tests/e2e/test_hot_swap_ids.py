@@ -1,8 +1,9 @@
 """Hot swap to a version whose id mapping changed, under load, raw ids on the wire.
 
 Version 1 and version 2 have different item (and user) vocabularies: items were added and
-removed, so most dense indices shift. The server polls the repository; callers keep
-sending raw ids while v2 is published. Every answer is checked against the reference of
+removed, so most dense indices shift. The server polls the repository; callers (raw
+tritonclient, and the project client given only a URL and a model name) keep sending raw
+ids while v2 is published. Every answer is checked against the reference of
 the version that answered it (the response's ``model_version``): zero wrong raw ids, zero
 failed requests. Before ids travelled inside the served graph, a long-lived client decoded
 v2's indices with v1's vocabulary and returned wrong items without any error.
@@ -58,6 +59,31 @@ def _worker(server, versions, stop, counts, errors, seed: int) -> None:
             errors.append(f"v{answer['version']} {graph} {user}: got {got}, want {want}")
 
 
+def _client_worker(server, versions, stop, counts, errors, seed: int) -> None:
+    """The project client, long-lived, given only a URL and a model name (no files)."""
+    from client import RecommenderClient
+
+    rng = np.random.default_rng(100 + seed)
+    users = sorted(set(V1_USERS) | set(V2_USERS))
+    items = sorted(set(V1_ITEMS) | set(V2_ITEMS))
+    with RecommenderClient(server.grpc_url, "swap_rerank", retries=3) as client:
+        while not stop.is_set():
+            user = users[int(rng.integers(len(users)))]
+            ids = [items[int(i)] for i in rng.choice(len(items), 6, replace=False)]
+            try:
+                answer = client.rerank([user], [ids])
+            except Exception as error:  # noqa: BLE001 - every failure is counted
+                errors.append(f"client: {error!r}")
+                continue
+            version = answer.model_version
+            got = [i for i in answer.item_ids[0].tolist() if i is not None]
+            want = versions[version].expected(user, ids)
+            key = "client ok" if got == want else "client wrong"
+            counts[(version, key)] = counts.get((version, key), 0) + 1
+            if got != want:
+                errors.append(f"client v{version} {user}: got {got}, want {want}")
+
+
 def test_hot_swap_never_answers_with_another_versions_ids_when_vocabulary_changes(
         triton_home, tmp_path) -> None:
     repo = tmp_path / "repo"
@@ -65,9 +91,10 @@ def test_hot_swap_never_answers_with_another_versions_ids_when_vocabulary_change
     with LocalTritonServer(repo, installation=triton_home, model_control_mode="poll",
                            repository_poll_secs=1) as server:
         stop, counts, errors = threading.Event(), {}, []
-        workers = [threading.Thread(target=_worker, args=(server, versions, stop, counts,
-                                                          errors, seed), daemon=True)
-                   for seed in range(4)]
+        workers = [threading.Thread(target=target, args=(server, versions, stop, counts,
+                                                         errors, seed), daemon=True)
+                   for seed, target in enumerate([_worker, _worker, _worker, _client_worker,
+                                                  _client_worker])]
         for worker in workers:
             worker.start()
         time.sleep(2)
@@ -83,3 +110,4 @@ def test_hot_swap_never_answers_with_another_versions_ids_when_vocabulary_change
     print(f"\n[measure] hot swap with a changed vocabulary: {counts}, errors {len(errors)}")
     assert errors == [], errors[:10]
     assert counts.get(("1", "ok"), 0) > 0 and counts.get(("2", "ok"), 0) >= 200
+    assert counts.get(("1", "client ok"), 0) > 0 and counts.get(("2", "client ok"), 0) > 0

@@ -1,0 +1,270 @@
+"""Cost of baking the id vocabularies into the served ONNX graphs (``ids="raw"`` vs ``"index"``).
+
+One random-weight recommender per size is built and saved (subprocess), then for int ids
+and string ids (``sku-000000042``) it is exported with ``ids="raw"`` and ``ids="index"``
+(subprocess under ``/usr/bin/time -v``: wall time, peak RSS). Each published
+``model.onnx`` is loaded in a fresh process (load time, RSS delta) and timed in-process
+with onnxruntime (CPU): rerank of N candidates and full-catalogue retrieve, B=1 and B=64.
+
+Goals (issue): raw-id mode adds <= 10% latency and <= 1.5x the memory of the item
+vocabulary itself. Vocabulary memory ("vocab bytes") is defined as 8 bytes per int id;
+for string ids, the UTF-8 bytes plus 8 bytes per id (an offset / pointer). The CPython
+size (``sys.getsizeof`` of each id + an 8-byte tuple slot) is reported alongside.
+
+Usage:
+    .venv/bin/python benchmarks/bench_raw_ids.py [--sizes 100000:1000000 ...] [--dim 32]
+        [--threads 2] [--workdir /tmp/kmr-raw-ids]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import RESULTS_DIR, machine_info, markdown_table, median_ms  # noqa: E402
+from benchmarks.bench_export_scale import _time_v  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+N_CANDIDATES = 100
+BATCHES = (1, 64)
+K = 10
+
+_MAKE_MODEL = """
+import os, sys, shutil
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.getcwd())
+from kmr import contract
+from kmr.vocabulary import Vocabulary
+from tests.support.export_helpers import tiny_model
+users, items, dim, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+model = tiny_model(users, items, dim)
+for kind in ("int", "str"):
+    folder = os.path.join(out, kind)
+    os.makedirs(folder, exist_ok=True)
+    model.save(os.path.join(folder, contract.MODEL_FILE))
+    u = list(range(users)) if kind == "int" else [f"user-{i:08d}" for i in range(users)]
+    v = list(range(items)) if kind == "int" else [f"sku-{i:09d}" for i in range(items)]
+    Vocabulary(u).save(os.path.join(folder, contract.USER_VOCAB_FILE))
+    Vocabulary(v).save(os.path.join(folder, contract.ITEM_VOCAB_FILE))
+"""
+
+_EXPORT = """
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.getcwd())
+from export.api import ExportOptions, export_model
+result = export_model(sys.argv[1], sys.argv[2], ExportOptions(graph="both", k=int(sys.argv[4]),
+                      ids=sys.argv[3], force=True))
+print("TIMINGS", __import__("json").dumps(result.timings))
+"""
+
+_LOAD = """
+import sys, time, json
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+import onnxruntime as ort
+before = rss("VmRSS:")
+start = time.perf_counter()
+options = ort.SessionOptions()
+options.log_severity_level = 3
+session = ort.InferenceSession(sys.argv[1], sess_options=options,
+                               providers=["CPUExecutionProvider"])
+seconds = time.perf_counter() - start
+print(json.dumps({"load_seconds": seconds, "rss_delta_bytes": rss("VmRSS:") - before,
+                  "peak_rss_delta_bytes": rss("VmHWM:") - before}))
+"""
+
+
+def item_ids(kind: str, index: np.ndarray) -> np.ndarray:
+    """Raw item ids of dense indices, as a feed array (int64 or object of str)."""
+    if kind == "int":
+        return index.astype(np.int64)
+    flat = [f"sku-{i:09d}" for i in index.ravel()]
+    return np.array(flat, dtype=object).reshape(index.shape)
+
+
+def user_ids(kind: str, index: np.ndarray) -> np.ndarray:
+    """Raw user ids of dense indices, as a feed array."""
+    if kind == "int":
+        return index.astype(np.int64)
+    flat = [f"user-{i:08d}" for i in index.ravel()]
+    return np.array(flat, dtype=object).reshape(index.shape)
+
+
+def vocab_bytes(kind: str, items: int) -> dict[str, int]:
+    """The item vocabulary's size: the compact definition and CPython's (see the docstring)."""
+    if kind == "int":
+        return {"vocab_bytes": 8 * items,
+                "vocab_python_bytes": sum(sys.getsizeof(i) for i in range(items)) + 8 * items}
+    utf8 = sum(len(f"sku-{i:09d}".encode()) for i in range(items))
+    one = sys.getsizeof("sku-000000000")
+    return {"vocab_bytes": utf8 + 8 * items, "vocab_python_bytes": (one + 8) * items}
+
+
+def onnx_files(repo: Path) -> dict[str, Path]:
+    """``{graph kind: model.onnx}`` of a published repository (highest version)."""
+    found = {}
+    for kind in ("rerank", "retrieve"):
+        versions = sorted((repo / f"recommender_{kind}").iterdir(), key=lambda p: p.name)
+        found[kind] = next(v / "model.onnx" for v in reversed(versions) if v.is_dir())
+    return found
+
+
+def file_bytes(onnx_path: Path) -> dict[str, int]:
+    """Sizes of model.onnx and its external data (0 when inline)."""
+    data = onnx_path.with_name("model.onnx.data")
+    return {"onnx_bytes": onnx_path.stat().st_size,
+            "data_bytes": data.stat().st_size if data.exists() else 0}
+
+
+def load_in_fresh_process(onnx_path: Path) -> dict:
+    """Session load time and RSS delta in a new python process (CPU provider)."""
+    wall, peak, out = _time_v([sys.executable, "-c", _LOAD, str(onnx_path)])
+    result = json.loads(out.strip().splitlines()[-1])
+    result["process_peak_rss_bytes"] = peak
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def export_one(artifacts: Path, repo: Path, mode: str) -> dict:
+    """Exports both graphs with ``ids=mode`` in a subprocess; wall time and peak RSS."""
+    shutil.rmtree(repo, ignore_errors=True)
+    wall, peak, out = _time_v([sys.executable, "-c", _EXPORT, str(artifacts / "model.keras"),
+                               str(repo), mode, str(K)])
+    timings = next((json.loads(line[8:]) for line in out.splitlines()
+                    if line.startswith("TIMINGS ")), {})
+    return {"export_seconds": round(wall, 2), "export_peak_rss_bytes": peak,
+            "stage_seconds": {k: round(v, 2) for k, v in timings.items()}}
+
+
+def make_feed(session, graph: str, kind: str, mode: str, batch: int, items: int,
+              rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A request of ``batch`` rows; raw ids (``kind``) for ``mode="raw"``, else indices."""
+    users = rng.integers(0, 100_000, size=(batch, 1))
+    other = rng.integers(0, items, size=(batch, N_CANDIDATES if graph == "rerank" else 1))
+    names = [i.name for i in session.get_inputs()]
+    if mode == "raw":
+        feed = {names[0]: user_ids(kind, users), names[1]: item_ids(kind, other)}
+    else:
+        feed = {names[0]: users.astype(np.int64), names[1]: other.astype(np.int64)}
+    return feed
+
+
+def time_graph(onnx_path: Path, graph: str, kind: str, mode: str, items: int,
+               threads: int) -> list[dict]:
+    """Median ``session.run`` latency for each batch size, in-process onnxruntime."""
+    from benchmarks._common import ort_session
+
+    session = ort_session(onnx_path, threads=threads)
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in BATCHES:
+        feed = make_feed(session, graph, kind, mode, batch, items, rng)
+        session.run(None, feed)
+        budget = 3.0 if graph == "rerank" else 6.0
+        stats = median_ms(lambda f=feed: session.run(None, f), repeats=300, warmup=3,
+                          max_seconds=budget)
+        rows.append({"graph": graph, "batch": batch, **stats})
+    del session
+    return rows
+
+
+def run_config(artifacts: Path, repo: Path, kind: str, mode: str, items: int,
+               threads: int) -> dict:
+    """Export, file sizes, fresh-process load and latency of one (id kind, ids mode)."""
+    print(f"  export ids={mode} ({kind} ids) ...", flush=True)
+    result = {"kind": kind, "mode": mode, **export_one(artifacts, repo, mode)}
+    result["item_vocabulary_json_bytes"] = (artifacts / "item_vocabulary.json").stat().st_size
+    result["graphs"] = {}
+    for graph, path in onnx_files(repo).items():
+        entry = {**file_bytes(path), **load_in_fresh_process(path)}
+        entry["latency"] = time_graph(path, graph, kind, mode, items, threads)
+        result["graphs"][graph] = entry
+        print(f"    {graph}: {json.dumps(entry)}", flush=True)
+    shutil.rmtree(repo, ignore_errors=True)
+    return result
+
+
+def run_size(users: int, items: int, dim: int, threads: int, workdir: Path) -> list[dict]:
+    """Builds the model once, then every (id kind, ids mode) configuration."""
+    base = workdir / f"art_{users}_{items}"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    print(f"building {users} users x {items} items, D={dim} ...", flush=True)
+    make_s, make_rss, _ = _time_v([sys.executable, "-c", _MAKE_MODEL, str(users), str(items),
+                                   str(dim), str(base)])
+    results = []
+    for kind in ("int", "str"):
+        for mode in ("index", "raw"):
+            entry = run_config(base / kind, workdir / "repo", kind, mode, items, threads)
+            entry.update(users=users, items=items, dim=dim, make_model_seconds=round(make_s, 1),
+                         **vocab_bytes(kind, items))
+            results.append(entry)
+    shutil.rmtree(base, ignore_errors=True)
+    return results
+
+
+def _pairs(results: list[dict]):
+    """``(index entry, raw entry)`` of each (size, id kind)."""
+    by_key = {(r["items"], r["kind"], r["mode"]): r for r in results}
+    for (items, kind, mode), raw in by_key.items():
+        if mode == "raw" and (items, kind, "index") in by_key:
+            yield by_key[(items, kind, "index")], raw
+
+
+def compare(results: list[dict]) -> dict[str, list[dict]]:
+    """Raw/index latency ratios and raw-minus-index memory over the vocabulary's bytes."""
+    latency, memory = [], []
+    for index, raw in _pairs(results):
+        vocab = raw["vocab_bytes"]
+        for graph in ("rerank", "retrieve"):
+            gi, gr = index["graphs"][graph], raw["graphs"][graph]
+            for li, lr in zip(gi["latency"], gr["latency"], strict=True):
+                ratio = lr["median_ms"] / li["median_ms"]
+                latency.append({"items": raw["items"], "kind": raw["kind"], "graph": graph,
+                                "batch": li["batch"], "index_ms": li["median_ms"],
+                                "raw_ms": lr["median_ms"], "ratio": round(ratio, 3),
+                                "goal_met": ratio <= 1.10})
+            extra = gr["rss_delta_bytes"] - gi["rss_delta_bytes"]
+            files = (gr["onnx_bytes"] + gr["data_bytes"]) - (gi["onnx_bytes"] + gi["data_bytes"])
+            memory.append({"items": raw["items"], "kind": raw["kind"], "graph": graph,
+                           "vocab_bytes": vocab, "vocab_python_bytes": raw["vocab_python_bytes"],
+                           "session_extra_bytes": extra,
+                           "session_extra_over_vocab": round(extra / vocab, 2),
+                           "file_extra_bytes": files,
+                           "goal_met": extra <= 1.5 * vocab})
+        ex = raw["export_peak_rss_bytes"] - index["export_peak_rss_bytes"]
+        memory.append({"items": raw["items"], "kind": raw["kind"], "graph": "export (both)",
+                       "vocab_bytes": vocab, "vocab_python_bytes": raw["vocab_python_bytes"],
+                       "session_extra_bytes": ex, "session_extra_over_vocab": round(ex / vocab, 2),
+                       "file_extra_bytes": None, "goal_met": ex <= 1.5 * vocab})
+    return {"latency": latency, "memory": memory}
+
+
+def _config_table(results: list[dict]) -> str:
+    mb = 1 << 20
+    rows = []
+    for r in results:
+        g = r["graphs"]
+        rows.append([
+            f"{r['items']:,}", r["kind"], r["mode"], r["export_seconds"],
+            round(r["export_peak_rss_bytes"] / 2**30, 2),
+            " / ".join(f"{(g[k]['onnx_bytes'] + g[k]['data_bytes']) / mb:.0f}" for k in g),
+            " / ".join(f"{g[k]['onnx_bytes'] / mb:.0f}" for k in g),
+            round(r["item_vocabulary_json_bytes"] / mb, 1),
+            " / ".join(f"{g[k]['load_seconds']:.2f}" for k in g),
+            " / ".join(f"{g[k]['rss_delta_bytes'] / mb:.0f}" for k in g),
+        ])
+    headers = ["items", "ids", "mode", "export s", "export peak RSS GB",
+               "ONNX MB total (rerank / retrieve)", "of which model.onnx MB",
+               "item vocab JSON MB", "ORT load s", "ORT load RSS delta MB"]
+    return markdown_table(headers, rows)
