@@ -268,3 +268,62 @@ def _config_table(results: list[dict]) -> str:
                "ONNX MB total (rerank / retrieve)", "of which model.onnx MB",
                "item vocab JSON MB", "ORT load s", "ORT load RSS delta MB"]
     return markdown_table(headers, rows)
+
+
+def write_results(results: list[dict], meta: dict) -> None:
+    """Writes ``raw_ids.json`` and ``raw_ids.md``."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    summary = compare(results)
+    payload = {**meta, "results": results, "comparison": summary}
+    (RESULTS_DIR / "raw_ids.json").write_text(json.dumps(payload, indent=2))
+    mb = 1 << 20
+    lat = [[f"{r['items']:,}", r["kind"], r["graph"], r["batch"], r["index_ms"], r["raw_ms"],
+            r["ratio"], "yes" if r["goal_met"] else "**no**"] for r in summary["latency"]]
+    mem = [[f"{r['items']:,}", r["kind"], r["graph"], round(r["vocab_bytes"] / mb, 1),
+            round(r["vocab_python_bytes"] / mb, 1), round(r["session_extra_bytes"] / mb, 1),
+            r["session_extra_over_vocab"],
+            "-" if r["file_extra_bytes"] is None else round(r["file_extra_bytes"] / mb, 1),
+            "yes" if r["goal_met"] else "**no**"] for r in summary["memory"]]
+    m = meta["machine"]
+    lines = [
+        "# Raw ids baked into the served graph vs dense indices", "",
+        f"Machine: {m.get('Model name', '?')}, {m.get('cpu_count')} cores, "
+        f"{m.get('ram_gb')} GB RAM, onnxruntime {m['versions'].get('onnxruntime')}, "
+        f"load average at start {m.get('loadavg')}. D={meta['dim']}, k={K}, "
+        f"rerank N={N_CANDIDATES}, onnxruntime intra-op threads={meta['threads']}.", "",
+        f"Rerun: `{meta['command']}`", "",
+        "## Export, files, session load", "", _config_table(results), "",
+        "## Latency (median `session.run`, pre-built feeds; goal raw/index <= 1.10)", "",
+        markdown_table(["items", "ids", "graph", "B", "index ms", "raw ms", "raw/index",
+                        "<= 1.10"], lat), "",
+        "## Memory added by raw ids (goal <= 1.5x the item vocabulary)", "",
+        "vocab MB: 8 B/id (int) or UTF-8 bytes + 8 B/id (str); CPython MB: sys.getsizeof "
+        "per id + 8 B tuple slot. 'extra' = RSS delta of a fresh onnxruntime session "
+        "(raw minus index), or the export process's peak RSS (raw minus index).", "",
+        markdown_table(["items", "ids", "graph", "vocab MB", "CPython MB", "extra MB",
+                        "extra / vocab", "extra file MB", "<= 1.5x"], mem), "",
+    ]
+    (RESULTS_DIR / "raw_ids.md").write_text("\n".join(lines))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["100000:1000000"], help="users:items")
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    parser.add_argument("--workdir", default="/tmp/kmr-raw-ids")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.chdir(ROOT)
+    meta = {"machine": machine_info(), "dim": args.dim, "threads": args.threads,
+            "command": ".venv/bin/python benchmarks/bench_raw_ids.py " + " ".join(sys.argv[1:])}
+    results: list[dict] = []
+    for size in args.sizes:
+        users, items = (int(x) for x in size.split(":"))
+        results += run_size(users, items, args.dim, args.threads, Path(args.workdir))
+        write_results(results, meta)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
