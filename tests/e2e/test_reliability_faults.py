@@ -213,7 +213,7 @@ def test_killed_export_stays_invisible_and_serving_version_answers_when_killed_m
         export = subprocess.Popen(
             [sys.executable, "-m", "export", "export", "--model", str(model), "--repo",
              str(stack.repo), "--name", "rel", "--graph", "both", "--k", str(K),
-             "--backend", "python", "--max-batch-size", str(MAX_BATCH)],
+             "--backend", "python", "--max-batch-size", str(MAX_BATCH), "--ids", "index"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             # Kill it once a complete-looking model.onnx sits in its staging folder.
