@@ -1,7 +1,9 @@
 """Cost of baking the id vocabularies into the served ONNX graphs (``ids="raw"`` vs ``"index"``).
 
 One random-weight recommender per size is built and saved (subprocess), then for int ids
-and string ids (``sku-000000042``) it is exported with ``ids="raw"`` and ``ids="index"``
+(``int``: contiguous 0..n-1, served by arithmetic, no table; ``sparse``: 7i+3, served by
+LabelEncoder + Gather) and string ids (``sku-000000042``) it is exported with
+``ids="raw"`` and ``ids="index"``
 (subprocess under ``/usr/bin/time -v``: wall time, peak RSS). Each published
 ``model.onnx`` is loaded in a fresh process (load time, RSS delta) and timed in-process
 with onnxruntime (CPU): rerank of N candidates and full-catalogue retrieve, B=1 and B=64.
@@ -46,12 +48,19 @@ from kmr.vocabulary import Vocabulary
 from tests.support.export_helpers import tiny_model
 users, items, dim, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 model = tiny_model(users, items, dim)
-for kind in ("int", "str"):
+def ids(kind, n, text):
+    if kind == "int":
+        return list(range(n))
+    if kind == "sparse":
+        return [7 * i + 3 for i in range(n)]
+    return [text.format(i) for i in range(n)]
+
+for kind in ("int", "sparse", "str"):
     folder = os.path.join(out, kind)
     os.makedirs(folder, exist_ok=True)
     model.save(os.path.join(folder, contract.MODEL_FILE))
-    u = list(range(users)) if kind == "int" else [f"user-{i:08d}" for i in range(users)]
-    v = list(range(items)) if kind == "int" else [f"sku-{i:09d}" for i in range(items)]
+    u = ids(kind, users, "user-{:08d}")
+    v = ids(kind, items, "sku-{:09d}")
     Vocabulary(u).save(os.path.join(folder, contract.USER_VOCAB_FILE))
     Vocabulary(v).save(os.path.join(folder, contract.ITEM_VOCAB_FILE))
 """
@@ -89,6 +98,8 @@ def item_ids(kind: str, index: np.ndarray) -> np.ndarray:
     """Raw item ids of dense indices, as a feed array (int64 or object of str)."""
     if kind == "int":
         return index.astype(np.int64)
+    if kind == "sparse":
+        return index.astype(np.int64) * 7 + 3
     flat = [f"sku-{i:09d}" for i in index.ravel()]
     return np.array(flat, dtype=object).reshape(index.shape)
 
@@ -97,13 +108,15 @@ def user_ids(kind: str, index: np.ndarray) -> np.ndarray:
     """Raw user ids of dense indices, as a feed array."""
     if kind == "int":
         return index.astype(np.int64)
+    if kind == "sparse":
+        return index.astype(np.int64) * 7 + 3
     flat = [f"user-{i:08d}" for i in index.ravel()]
     return np.array(flat, dtype=object).reshape(index.shape)
 
 
 def vocab_bytes(kind: str, items: int) -> dict[str, int]:
     """The item vocabulary's size: the compact definition and CPython's (see the docstring)."""
-    if kind == "int":
+    if kind in ("int", "sparse"):
         return {"vocab_bytes": 8 * items,
                 "vocab_python_bytes": sum(sys.getsizeof(i) for i in range(items)) + 8 * items}
     utf8 = sum(len(f"sku-{i:09d}".encode()) for i in range(items))
@@ -202,7 +215,7 @@ def run_size(users: int, items: int, dim: int, threads: int, workdir: Path) -> l
     make_s, make_rss, _ = _time_v([sys.executable, "-c", _MAKE_MODEL, str(users), str(items),
                                    str(dim), str(base)])
     results = []
-    for kind in ("int", "str"):
+    for kind in ("int", "sparse", "str"):
         for mode in ("index", "raw"):
             entry = run_config(base / kind, workdir / "repo", kind, mode, items, threads)
             entry.update(users=users, items=items, dim=dim, make_model_seconds=round(make_s, 1),

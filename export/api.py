@@ -261,6 +261,10 @@ def export_model(
     """
     options = options or ExportOptions()
     options.validate()
+    if _check_local_repo(repo) == "s3":  # temp local repo, then export.storage publishes
+        from export.storage.route import export_to_object_store
+
+        return export_to_object_store(model, str(repo), options, progress=progress)
     if hasattr(model, "save") and hasattr(model, "layers"):  # an in-memory keras.Model
         import tempfile
 
@@ -275,16 +279,17 @@ def export_model(
     return _export_file(path, path.parent, repo, options, progress)
 
 
-def _check_local_repo(repo: str | os.PathLike[str]) -> None:
-    """Refuses a URL: ``s3://models/repo`` used to become a local folder named ``s3:``."""
-    import re
+def _check_local_repo(repo: str | os.PathLike[str]) -> str | None:
+    """``"s3"`` for an ``s3://`` URL (published via `export.storage`), None for a local path.
 
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):/", str(repo))
-    if match and len(match.group(1)) > 1:  # "C:/..." is a path, "s3://" a URL
-        raise ExportError(
-            f"Repository {str(repo)!r} is a {match.group(1)}:// URL: export writes a local "
-            "folder only. Export into a local repository, then copy the version folder to "
-            "object storage (all files first, config.pbtxt last).")
+    Any other URL is refused: ``gs://models/repo`` used to become a local folder ``gs:``.
+    """
+    from export.storage.location import unsupported_message, url_scheme
+
+    scheme = url_scheme(repo)  # "C:/..." is a path, "s3://" a URL
+    if scheme is not None and scheme != "s3":
+        raise ExportError(unsupported_message(str(repo), scheme))
+    return scheme
 
 
 def _export_file(model_path: Path, model_dir: Path | None, repo: str | os.PathLike[str],

@@ -21,6 +21,7 @@ from export.errors import UserError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("export.cli.train", "train a recommender on an interactions file"),
+    "tune": ("export.cli.tune", "search training settings on a validation split"),
     "export": ("export.cli.export", "export a trained model into a Triton repository"),
     "serve": ("export.cli.serve", "run the local tritonserver on a model repository"),
     "query": ("client.cli", "ask a served model for recommendations"),

@@ -25,6 +25,12 @@ _DEFAULTS = TrainSettings()
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``train`` flags to ``parser``."""
+    add_data_arguments(parser)
+    _add_model_arguments(parser)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data flags (shared with ``tune``)."""
     data = parser.add_argument_group("data")
     data.add_argument("--data", help="interactions CSV/TSV (default: built-in synthetic data)")
     data.add_argument("--sep", help="field separator (default: detected; use '\\t' for tab)")
@@ -45,9 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--synthetic-rank", type=int, default=8)
     synth.add_argument("--synthetic-interactions", type=int, default=20,
                        help="positives per synthetic user")
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS
     model = parser.add_argument_group("model and training")
     model.add_argument("--out", required=True, help="artifacts folder to write")
-    d = _DEFAULTS
+    model.add_argument("--settings", default=None, metavar="JSON",
+                       help="start from the settings `kmr-export tune` wrote (flags given "
+                       "here still override them)")
     model.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     model.add_argument("--dim", type=int, dest="embedding_dim",
                        help=f"embedding width D (default {d.embedding_dim})")
@@ -119,7 +131,28 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
             ok, expected = value > 0, "> 0"
         if not ok:  # also refuses NaN
             raise UserError(f"{_FLAGS[name]} must be {expected}, got {value}.")
-    return with_overrides(TrainSettings(), **given)
+    return with_overrides(_base_settings(args), **given)
+
+
+def _base_settings(args: argparse.Namespace) -> TrainSettings:
+    """``--settings FILE`` (tune's output), else the defaults."""
+    path = getattr(args, "settings", None)
+    if path is None:
+        return TrainSettings()
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)["settings"]
+        return TrainSettings(**values)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"--settings {path}: not a settings file written by tune ({error})"
+                        ) from error
+
+
+def load_data(args: argparse.Namespace, seed: int):
+    """The interactions the data flags name (synthetic when ``--data`` is absent)."""
+    return _load(args, seed)
 
 
 def _load(args: argparse.Namespace, seed: int):

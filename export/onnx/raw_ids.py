@@ -125,29 +125,22 @@ def serve_ids(proto: onnx.ModelProto, kind: str, users: Vocabulary | None,
     """
     graph = proto.graph
     nodes, index = _finish_outputs(graph)
-    raw = users is not None and items is not None
-    if raw:
+    if users is not None and items is not None:
         front = []
         for name, vocabulary in zip(contract.INPUTS[kind], (users, items), strict=True):
             encoded = f"{_PREFIX}index_{name}"
             _rename_uses(graph, name, encoded)
-            front.append(_label_encoder(name, encoded, vocabulary))
+            front += _encoder(graph, name, encoded, vocabulary)
             _set_type(next(i for i in graph.input if i.name == name), onnx_id_type(
                 id_kind(vocabulary)))
-        graph.initializer.append(_raw_table(items))
-        graph.initializer.append(numpy_helper.from_array(np.array(1, np.int64),
-                                                         f"{_PREFIX}one"))
-        nodes += [
-            helper.make_node("Add", [index, f"{_PREFIX}one"], [f"{_PREFIX}shifted"]),
-            helper.make_node("Gather", [f"{_PREFIX}raw_items", f"{_PREFIX}shifted"],
-                             [contract.TOP_ITEM_IDS], axis=0),
-        ]
+        nodes += _decoder(graph, index, items)
         existing = list(graph.node)
         del graph.node[:]
         graph.node.extend(front + existing + nodes)
         _set_type(next(o for o in graph.output if o.name == contract.TOP_ITEM_IDS),
                   onnx_id_type(id_kind(items)))
-        if not any(op.domain == ML_DOMAIN for op in proto.opset_import):
+        if any(node.domain == ML_DOMAIN for node in graph.node) and not any(
+                op.domain == ML_DOMAIN for op in proto.opset_import):
             proto.opset_import.append(helper.make_opsetid(ML_DOMAIN, ML_OPSET))
     else:
         nodes.append(helper.make_node("Identity", [index], [contract.TOP_ITEM_IDS]))
@@ -155,6 +148,64 @@ def serve_ids(proto: onnx.ModelProto, kind: str, users: Vocabulary | None,
     graph.output.append(helper.make_tensor_value_info(contract.NUM_RESULTS, TensorProto.INT64,
                                                       [_batch_dim(graph), 1]))
     _order_outputs(graph, kind)
+
+
+def contiguous_start(vocabulary: Vocabulary) -> int | None:
+    """``a`` when the raw ids are exactly ``a, a+1, ..., a+n-1`` (int ids), else None.
+
+    Such a vocabulary (identity ids included) needs no table in the graph: raw - a is the
+    index and index + a the raw id; an unknown id lands outside [0, n) (int64 wrap-around
+    can only land there too), which the dense graph already treats as unknown.
+
+    Example:
+        >>> contiguous_start(Vocabulary([5, 6, 7])), contiguous_start(Vocabulary([5, 7]))
+        (5, None)
+    """
+    if vocabulary.kind != "int" or not len(vocabulary):
+        return None
+    ids = np.fromiter(vocabulary.ids, dtype=np.int64, count=len(vocabulary))
+    start = int(ids[0])
+    if start > np.iinfo(np.int64).max - len(ids) + 1:
+        return None
+    expected = np.arange(start, start + len(ids), dtype=np.int64)
+    return start if np.array_equal(ids, expected) else None
+
+
+def _const(graph: onnx.GraphProto, name: str, value: np.ndarray) -> str:
+    full = f"{_PREFIX}{name}"
+    if not any(init.name == full for init in graph.initializer):
+        graph.initializer.append(numpy_helper.from_array(value, full))
+    return full
+
+
+def _encoder(graph: onnx.GraphProto, raw: str, index: str,
+             vocabulary: Vocabulary) -> list[onnx.NodeProto]:
+    start = contiguous_start(vocabulary)
+    if start is None:
+        return [_label_encoder(raw, index, vocabulary)]
+    offset = _const(graph, f"start_{raw}", np.array(start, np.int64))
+    return [helper.make_node("Sub", [raw, offset], [index], name=f"{_PREFIX}encode_{raw}")]
+
+
+def _decoder(graph: onnx.GraphProto, index: str, items: Vocabulary) -> list[onnx.NodeProto]:
+    start = contiguous_start(items)
+    if start is None:
+        graph.initializer.append(_raw_table(items))
+        one = _const(graph, "one", np.array(1, np.int64))
+        return [
+            helper.make_node("Add", [index, one], [f"{_PREFIX}shifted"]),
+            helper.make_node("Gather", [f"{_PREFIX}raw_items", f"{_PREFIX}shifted"],
+                             [contract.TOP_ITEM_IDS], axis=0),
+        ]
+    offset = _const(graph, "start_items_out", np.array(start, np.int64))
+    pad = _const(graph, "pad_int", np.array(contract.PAD_INT, np.int64))
+    zero = _const(graph, "zero", np.array(0, np.int64))
+    return [
+        helper.make_node("Add", [index, offset], [f"{_PREFIX}raw_sum"]),
+        helper.make_node("GreaterOrEqual", [index, zero], [f"{_PREFIX}is_item"]),
+        helper.make_node("Where", [f"{_PREFIX}is_item", f"{_PREFIX}raw_sum", pad],
+                         [contract.TOP_ITEM_IDS]),
+    ]
 
 
 def _batch_dim(graph: onnx.GraphProto) -> str | int:

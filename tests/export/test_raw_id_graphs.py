@@ -149,3 +149,33 @@ def test_int_ids_are_served_as_their_text_when_users_and_items_differ_in_kind(ex
         contract.USER_ID: np.array(["b"], dtype=object),
         contract.ITEM_IDS: np.array([["101", "129", "7"]], dtype=object)})
     assert set(out[contract.TOP_ITEM_IDS][0].tolist()) == {"101", "129"}  # "7" is unknown
+
+
+def test_contiguous_int_ids_need_no_table_when_ids_are_a_range(exported, tmp_path):
+    import onnx
+
+    _, path, _ = exported
+    folder = tmp_path / "art"
+    folder.mkdir()
+    (folder / "model.keras").write_bytes(path.read_bytes())
+    Vocabulary([-2, -1, 0, 1]).save(folder / contract.USER_VOCAB_FILE)
+    Vocabulary(list(range(1000, 1030))).save(folder / contract.ITEM_VOCAB_FILE)
+    result = export_model(folder / "model.keras", tmp_path / "repo",
+                          ExportOptions(graph="both", k=3))
+    rerank, retrieve = (m.version_dir for m in result.models)
+    proto = onnx.load(str(rerank / contract.ONNX_FILE), load_external_data=False)
+    assert not [n for n in proto.graph.node if n.op_type in ("LabelEncoder", "Gather")
+                and n.name.startswith("served_ids_")]
+    assert not [i for i in proto.graph.initializer if i.name == "served_ids_raw_items"]
+    huge = [contract.PAD_INT, 2**63 - 1, 999, 1030]  # unknown: wrap-around stays unknown
+    out = _run(rerank, contract.GRAPH_RERANK, {
+        contract.USER_ID: np.array([-2, 2**63 - 1, contract.PAD_INT, 1]),
+        contract.ITEM_IDS: np.array([[1001, 1029, *huge]] * 4)})
+    assert out[contract.NUM_RESULTS][:, 0].tolist() == [2, 0, 0, 2]
+    assert set(out[contract.TOP_ITEM_IDS][0, :2].tolist()) == {1001, 1029}
+    assert out[contract.TOP_ITEM_IDS][1].tolist() == [contract.PAD_INT] * 3
+    out = _run(retrieve, contract.GRAPH_RETRIEVE, {
+        contract.USER_ID: np.array([0]),
+        contract.EXCLUDE_ITEM_IDS: np.array([[contract.PAD_INT, 1000]])})
+    assert 1000 not in out[contract.TOP_ITEM_IDS][0].tolist()
+    assert all(1000 <= i < 1030 for i in out[contract.TOP_ITEM_IDS][0].tolist())

@@ -1,0 +1,202 @@
+"""Approximate (IVF) retrieve graph: a plain ONNX graph (opset 17, standard ops only).
+
+Same contract as the exact dense-index retrieve graph (`export.onnx.graphs`), so
+`export.onnx.raw_ids.serve_ids(proto, "retrieve", users, items)` can add raw ids,
+``num_results`` and finite scores to it:
+
+* inputs ``user_id`` INT64 ``[B]`` (out of range -> an all -1 / -inf row),
+  ``exclude_item_ids`` INT64 ``[B, M]`` (or ``[1, M]``, broadcast; -1 and out-of-range
+  ids ignored) and the *optional* ``nprobe`` INT64 ``[1]``: an input backed by an
+  initializer holding the exported default, so a request may leave it out (onnxruntime:
+  an "overridable initializer"). It is clamped to ``[1, num_lists]`` (0 -> 1, too large
+  -> every list, i.e. exact).
+* outputs ``top_item_ids`` INT64 ``[B, k]`` (-1 in empty slots), ``top_scores`` FP32
+  ``[B, k]`` (-inf in empty slots).
+
+The graph scores the user against the list centroids, keeps the ``nprobe`` best lists
+(TopK), Gathers their padded blocks, scores them (one batched MatMul), masks padding
+and exclusions (each valid exclusion is located through ``item_loc`` and the probe-rank
+map, then scattered as -inf: O(B*M), never B*M*candidates) and returns the exact-score
+top-k of what it scored. Ties go to the earlier probed position (higher-ranked list,
+then lower item id). Index: `export.onnx.ivf_index`.
+
+Size: all tables are initializers. `save_ivf` writes them inline when they total at
+most ``external_threshold_bytes`` (default 64 MiB, as the exact export) and else as ONNX
+external data (``model.onnx.data``, 4 KiB aligned, memory-mappable): no 2 GB limit.
+
+Example:
+    >>> rng = np.random.default_rng(0)
+    >>> items = rng.normal(size=(64, 4)).astype(np.float32)
+    >>> users = rng.normal(size=(3, 4)).astype(np.float32)
+    >>> proto = build_ivf_retrieve(users, items, k=3, nlist=4, nprobe=4)
+    >>> import onnxruntime as ort
+    >>> sess = ort.InferenceSession(proto.SerializeToString(),
+    ...                             providers=["CPUExecutionProvider"])
+    >>> ids, _ = sess.run(None, {"user_id": np.array([0, 9]),
+    ...                          "exclude_item_ids": np.full((2, 1), -1)})
+    >>> ids[1].tolist(), ids[0].tolist() == exact_topk(users, items, np.array([0]), k=3,
+    ...     normalization="sqrt_dim")[0][0].tolist()
+    ([-1, -1, -1], True)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from export.onnx.ivf_index import (
+    IvfIndex,
+    build_index,
+    choose_nprobe,
+    default_nlist,
+    exact_topk,
+    ivf_reference,
+    recall_at_k,
+)
+from kmr import contract
+
+__all__ = ["NPROBE", "IvfIndex", "build_index", "build_ivf_retrieve", "choose_nprobe",
+           "default_nlist", "exact_topk", "ivf_graph", "ivf_reference", "recall_at_k",
+           "save_ivf"]
+
+NPROBE = "nprobe"  # optional request input, INT64 [1]
+OPSET = 17
+IR_VERSION = 8  # opset 17's IR: loads in older Triton onnxruntime backends too
+DEFAULT_EXTERNAL_THRESHOLD_BYTES = 64 << 20
+_ALIGN = 4096
+_P = "ivf_"
+_TABLES = (f"{_P}user_table", f"{_P}centroids_t", f"{_P}blocks", f"{_P}block_ids",
+           f"{_P}item_loc")
+
+
+def _const(name: str, value: np.ndarray | float | int, dtype: type) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype), f"{_P}{name}")
+
+
+def _constants(index: IvfIndex, num_users: int, k: int) -> list[onnx.TensorProto]:
+    dim = index.blocks.shape[2]
+    return [
+        _const("zero", 0, np.int64), _const("one", 1, np.int64),
+        _const("minus1", -1, np.int64), _const("one_1d", [1], np.int64),
+        _const("num_users", num_users, np.int64), _const("num_items", index.num_items, np.int64),
+        _const("num_lists_1d", [index.num_lists], np.int64),
+        _const("block", index.block_size, np.int64), _const("k_1d", [k], np.int64),
+        _const("neg_inf", -np.inf, np.float32), _const("eps", 1e-12, np.float32),
+        _const("scale", 1.0 / math.sqrt(dim), np.float32),
+        _const("shape_b_rows_d", [0, -1, dim], np.int64), _const("shape_b_rows", [0, -1],
+                                                                 np.int64),
+        _const("axis1", [1], np.int64), _const("axis2", [2], np.int64),
+        _const("axis0", [0], np.int64),
+    ]
+
+
+def _n(op: str, inputs: list[str], outputs: list[str], **attrs) -> onnx.NodeProto:
+    return helper.make_node(op, [i if i.startswith(("user_id", "exclude", "nprobe")) or not i
+                                 else f"{_P}{i}" for i in inputs],
+                            [o if o in (contract.TOP_ITEM_IDS, contract.TOP_SCORES)
+                             else f"{_P}{o}" for o in outputs], **attrs)
+
+
+def _user_nodes(cosine: bool) -> list[onnx.NodeProto]:
+    """``user_id`` -> ``user_ok`` [B] and scoring-space rows ``u`` [B, D]."""
+    nodes = [
+        _n("GreaterOrEqual", ["user_id", "zero"], ["u_ge"]),
+        _n("Less", ["user_id", "num_users"], ["u_lt"]),
+        _n("And", ["u_ge", "u_lt"], ["user_ok"]),
+        _n("Where", ["user_ok", "user_id", "zero"], ["u_safe"]),
+        _n("Gather", ["user_table", "u_safe"], ["u_rows"], axis=0),
+    ]
+    if cosine:  # the exact graph's formula: u / max(||u||, 1e-12)
+        return nodes + [
+            _n("Mul", ["u_rows", "u_rows"], ["u_sq"]),
+            _n("ReduceSum", ["u_sq", "axis1"], ["u_ss"], keepdims=1),
+            _n("Sqrt", ["u_ss"], ["u_norm"]),
+            _n("Max", ["u_norm", "eps"], ["u_den"]),
+            _n("Div", ["u_rows", "u_den"], ["u"]),
+        ]
+    return nodes + [_n("Mul", ["u_rows", "scale"], ["u"])]
+
+
+def _probe_nodes() -> list[onnx.NodeProto]:
+    """Centroid scores, clamped nprobe ``p``, probed lists ``probe`` [B, p], their scores."""
+    return [
+        _n("MatMul", ["u", "centroids_t"], ["c_scores"]),
+        _n("Max", ["nprobe", "one_1d"], ["p_lo"]),
+        _n("Min", ["p_lo", "num_lists_1d"], ["p_1d"]),
+        _n("TopK", ["c_scores", "p_1d"], ["probe_scores", "probe"], axis=1, largest=1,
+           sorted=1),
+        _n("Gather", ["blocks", "probe"], ["g_blocks"], axis=0),  # [B, p, S, D]
+        _n("Reshape", ["g_blocks", "shape_b_rows_d"], ["cand"]),  # [B, p*S, D]
+        _n("Unsqueeze", ["u", "axis2"], ["u_col"]),  # [B, D, 1]
+        _n("MatMul", ["cand", "u_col"], ["cand_scores3"]),
+        _n("Reshape", ["cand_scores3", "shape_b_rows"], ["cand_scores"]),  # [B, p*S]
+        _n("Gather", ["block_ids", "probe"], ["g_ids"], axis=0),
+        _n("Reshape", ["g_ids", "shape_b_rows"], ["cand_ids"]),
+        _n("Less", ["cand_ids", "zero"], ["is_pad"]),
+        _n("Where", ["is_pad", "neg_inf", "cand_scores"], ["cand_masked"]),
+    ]
+
+
+def _tail_nodes() -> list[onnx.NodeProto]:
+    """k trailing (-inf, -1) columns: TopK never runs short, and a sink for exclusions."""
+    return [
+        _n("Shape", ["user_id"], ["b_1d"]),
+        _n("Concat", ["b_1d", "k_1d"], ["tail_shape"], axis=0),
+        helper.make_node("ConstantOfShape", [f"{_P}tail_shape"], [f"{_P}tail_s"],
+                         value=numpy_helper.from_array(np.array([-np.inf], np.float32))),
+        helper.make_node("ConstantOfShape", [f"{_P}tail_shape"], [f"{_P}tail_i"],
+                         value=numpy_helper.from_array(np.array([-1], np.int64))),
+        _n("Concat", ["cand_masked", "tail_s"], ["all_scores"], axis=1),
+        _n("Concat", ["cand_ids", "tail_i"], ["all_ids"], axis=1),
+    ]
+
+
+def _exclusion_nodes() -> list[onnx.NodeProto]:
+    """Scatters -inf at each probed, valid exclusion's position (others hit the sink)."""
+    return [
+        _n("Concat", ["b_1d", "one_1d"], ["b_one"], axis=0),
+        _n("Expand", ["exclude_item_ids", "b_one"], ["ex"]),  # [B, M]
+        _n("GreaterOrEqual", ["ex", "zero"], ["ex_ge"]),
+        _n("Less", ["ex", "num_items"], ["ex_lt"]),
+        _n("And", ["ex_ge", "ex_lt"], ["ex_ok"]),
+        _n("Where", ["ex_ok", "ex", "zero"], ["ex_safe"]),
+        _n("Gather", ["item_loc", "ex_safe"], ["ex_loc"], axis=0),
+        _n("Div", ["ex_loc", "block"], ["ex_list"]),
+        _n("Mod", ["ex_loc", "block"], ["ex_slot"]),
+        # rank_map[b, list] = probe rank of list (num_lists when not probed)
+        _n("Concat", ["b_1d", "num_lists_1d"], ["rank_shape"], axis=0),
+        _n("Expand", ["num_lists_1d", "rank_shape"], ["rank_init"]),
+        _n("Squeeze", ["p_1d", "axis0"], ["p"]),
+        _n("Range", ["zero", "p", "one"], ["ranks"]),
+        _n("Unsqueeze", ["ranks", "axis0"], ["ranks_row"]),
+        _n("Expand", ["ranks_row", "shape_of_probe"], ["ranks_b"]),
+        _n("ScatterElements", ["rank_init", "probe", "ranks_b"], ["rank_map"], axis=1),
+        _n("GatherElements", ["rank_map", "ex_list"], ["ex_rank"], axis=1),
+        _n("Less", ["ex_rank", "p"], ["ex_probed"]),
+        _n("And", ["ex_probed", "ex_ok"], ["ex_hit"]),
+        _n("Mul", ["ex_rank", "block"], ["ex_base"]),
+        _n("Add", ["ex_base", "ex_slot"], ["ex_pos_hit"]),
+        _n("Mul", ["p", "block"], ["sink"]),
+        _n("Where", ["ex_hit", "ex_pos_hit", "sink"], ["ex_pos"]),
+        _n("Shape", ["ex_pos"], ["ex_shape"]),
+        helper.make_node("ConstantOfShape", [f"{_P}ex_shape"], [f"{_P}ex_inf"],
+                         value=numpy_helper.from_array(np.array([-np.inf], np.float32))),
+        _n("ScatterElements", ["all_scores", "ex_pos", "ex_inf"], ["scored"], axis=1),
+    ]
+
+
+def _output_nodes() -> list[onnx.NodeProto]:
+    return [
+        _n("TopK", ["scored", "k_1d"], ["top_raw", "top_pos"], axis=1, largest=1, sorted=1),
+        _n("GatherElements", ["all_ids", "top_pos"], ["top_ids_raw"], axis=1),
+        _n("Greater", ["top_raw", "neg_inf"], ["has_item"]),
+        _n("Unsqueeze", ["user_ok", "axis1"], ["user_ok_col"]),
+        _n("And", ["has_item", "user_ok_col"], ["found"]),
+        _n("Where", ["found", "top_ids_raw", "minus1"], [contract.TOP_ITEM_IDS]),
+        _n("Where", ["found", "top_raw", "neg_inf"], [contract.TOP_SCORES]),
+    ]

@@ -1,0 +1,296 @@
+"""A real nginx in front of Triton replicas: gRPC (HTTP/2, ``grpc_pass``) and HTTP.
+
+`NginxBalancer` writes an ``nginx.conf`` into a temp folder, runs
+``nginx -c CONF -p PREFIX -g 'daemon off;'`` as a plain child process (own pid file,
+error log and temp paths under the folder, free loopback ports), waits until both ports
+accept connections and always stops it. Upstreams use ``max_fails``/``fail_timeout`` and
+``grpc_next_upstream``/``proxy_next_upstream``: a request that cannot reach a replica
+(connection refused) is passed to the next one. Requests already sent to a replica that
+dies are not retried (inference is a POST: nginx retries non-idempotent requests only
+with ``non_idempotent``), so those fail and are what the kill test counts.
+
+nginx comes from Debian packages: ``apt-get install -y nginx-light``. Missing, the
+`require_nginx` helper FAILS the test (never skips) with that command.
+
+Example::
+
+    with NginxBalancer(grpc=["127.0.0.1:8001"], http=["127.0.0.1:8000"]) as lb:
+        client = tritonclient.grpc.InferenceServerClient(lb.grpc_url)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+INSTALL_HINT = "apt-get install -y nginx-light"
+_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+
+
+def find_nginx() -> str | None:
+    """The nginx binary (PATH, then the Debian location), or None."""
+    found = shutil.which("nginx")
+    return found or next((p for p in _CANDIDATES if os.access(p, os.X_OK)), None)
+
+
+def require_nginx() -> str:
+    """The nginx binary; fails the calling test (not a skip) when nginx is missing."""
+    import pytest
+
+    binary = find_nginx()
+    if binary is None:
+        pytest.fail(f"nginx is not installed: run `{INSTALL_HINT}` (Debian/Ubuntu)",
+                    pytrace=False)
+    return binary
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _upstream(name: str, servers: Sequence[str], fail_timeout_s: int) -> str:
+    lines = [f"server {s} max_fails=1 fail_timeout={fail_timeout_s}s;" for s in servers]
+    return f"upstream {name} {{\n  " + "\n  ".join(lines) + "\n  keepalive 32;\n}\n"
+
+
+def nginx_config(prefix: Path, grpc: Sequence[str], http: Sequence[str], grpc_port: int,
+                 http_port: int, *, fail_timeout_s: int = 2, workers: int = 1) -> str:
+    """The nginx.conf text (nginx 1.22: ``listen PORT http2`` for gRPC).
+
+    Example:
+        >>> text = nginx_config(Path("/t"), ["127.0.0.1:1"], ["127.0.0.1:2"], 81, 82)
+        >>> "grpc_pass grpc://triton_grpc;" in text, "listen 127.0.0.1:81 http2;" in text
+        (True, True)
+    """
+    temps = "\n".join(f"  {kind}_temp_path {prefix}/tmp/{kind};"
+                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""worker_processes {workers};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+{temps}
+{_upstream("triton_grpc", grpc, fail_timeout_s)}
+{_upstream("triton_http", http, fail_timeout_s)}
+  server {{
+    listen 127.0.0.1:{grpc_port} http2;
+    location / {{
+      grpc_pass grpc://triton_grpc;
+      grpc_next_upstream error timeout http_502 http_503;
+      grpc_next_upstream_tries 3;
+      grpc_connect_timeout 1s;
+    }}
+  }}
+  server {{
+    listen 127.0.0.1:{http_port};
+    location / {{
+      proxy_pass http://triton_http;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_next_upstream error timeout http_502 http_503;
+      proxy_next_upstream_tries 3;
+      proxy_connect_timeout 1s;
+    }}
+  }}
+}}
+"""
+
+
+class NginxBalancer:
+    """nginx as a child process balancing ``grpc`` and ``http`` replica addresses."""
+
+    def __init__(self, grpc: Sequence[str], http: Sequence[str] | None = None, *,
+                 workers: int = 1, startup_timeout: float = 10.0) -> None:
+        self.binary = require_nginx()
+        self.grpc_servers, self.http_servers = list(grpc), list(http or grpc)
+        self.workers, self.startup_timeout = workers, startup_timeout
+        self.grpc_port, self.http_port = _free_ports(2)
+        self._folder: tempfile.TemporaryDirectory[str] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` for tritonclient.grpc through nginx."""
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        """``host:port`` for tritonclient.http through nginx."""
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def prefix(self) -> Path:
+        assert self._folder is not None, "not started"
+        return Path(self._folder.name)
+
+    def error_log(self) -> str:
+        """nginx's error log so far."""
+        path = self.prefix / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self) -> None:
+        """Writes the config, starts nginx and waits until both ports accept connections."""
+        self._folder = tempfile.TemporaryDirectory(prefix="kmr-nginx-")
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.prefix / "tmp" / kind).mkdir(parents=True)
+            (self.prefix / "tmp" / kind).chmod(0o777)  # workers may run as nobody
+        conf = self.prefix / "nginx.conf"
+        self._stderr = open(self.prefix / "stderr.log", "wb")  # noqa: SIM115  (stop closes)
+        conf.write_text(nginx_config(self.prefix, self.grpc_servers, self.http_servers,
+                                     self.grpc_port, self.http_port, workers=self.workers))
+        self._process = subprocess.Popen(
+            [self.binary, "-c", str(conf), "-p", str(self.prefix), "-g", "daemon off;"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=self._stderr, start_new_session=True)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        pending = {self.grpc_port, self.http_port}
+        while pending:
+            if self._process is not None and self._process.poll() is not None:
+                stderr = (self.prefix / "stderr.log").read_text(errors="replace")
+                raise RuntimeError(f"nginx exited with {self._process.returncode}: "
+                                   f"{stderr}{self.error_log()}")
+            for port in list(pending):
+                with socket.socket() as sock:
+                    sock.settimeout(0.2)
+                    if sock.connect_ex(("127.0.0.1", port)) == 0:
+                        pending.discard(port)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nginx not listening after {self.startup_timeout} s: "
+                                   f"{self.error_log()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stops nginx (SIGQUIT, then SIGKILL of its process group) and removes the folder."""
+        process, self._process = self._process, None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGQUIT)
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            process.wait(timeout=5)
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
+
+    def __enter__(self) -> NginxBalancer:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class CheckedLoad:
+    """Threads sending raw tritonclient gRPC requests through ``url``, each answer checked.
+
+    ``references[version]`` is a list of `export.rollout.canary.CanaryCase` (onnxruntime's
+    answers of that version); a thread cycles through the cases and checks each answer
+    against the reference of the version that answered
+    (``result.get_response().model_version``). Counts: ``ok``, ``wrong``, ``failed``
+    (with ``errors`` samples), answers per version, and (time, latency) per success.
+    """
+
+    def __init__(self, url: str, model: str, references: dict[str, list], *,
+                 threads: int = 4) -> None:
+        import threading
+
+        self.url, self.model, self.references, self.threads = url, model, references, threads
+        self.ok = self.wrong = self.failed = 0
+        self.by_version: dict[str, int] = {}
+        self.errors: list[str] = []
+        self.latencies: list[tuple[float, float]] = []
+        self.failures_at: list[float] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._workers = [threading.Thread(target=self._loop, args=(i,), daemon=True)
+                         for i in range(threads)]
+
+    def _record(self, started: float, version: str | None, problem: str | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if version is None:
+                self.failed += 1
+                self.failures_at.append(now)
+                if len(self.errors) < 20:
+                    self.errors.append(problem or "")
+                return
+            self.by_version[version] = self.by_version.get(version, 0) + 1
+            if problem:
+                self.wrong += 1
+                self.errors.append(f"wrong v{version}: {problem}")
+            else:
+                self.ok += 1
+                self.latencies.append((now, now - started))
+
+    def _loop(self, worker: int) -> None:
+        from export.rollout.canary import answer_mismatch
+        from export.rollout.replica import ask, connect
+
+        client = connect(self.url)
+        cases = next(iter(self.references.values()))
+        number = worker
+        while not self._stop.is_set():
+            index = number % len(cases)
+            number += 1
+            started = time.monotonic()
+            try:
+                version, outputs = ask(client, self.model, None, cases[index])
+            except Exception as error:  # noqa: BLE001  (every failure is counted)
+                self._record(started, None, f"{type(error).__name__}: {error}"[:300])
+                continue
+            expected = self.references.get(version)
+            problem = (f"unexpected version {version}" if expected is None
+                       else answer_mismatch(expected[index].expected, outputs))
+            self._record(started, version, problem)
+        client.close()
+
+    def __enter__(self) -> CheckedLoad:
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=15)
+
+    def snapshot(self) -> dict:
+        """Counts so far."""
+        with self._lock:
+            return {"ok": self.ok, "wrong": self.wrong, "failed": self.failed,
+                    "by_version": dict(self.by_version), "errors": list(self.errors[:5])}
