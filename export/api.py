@@ -264,7 +264,8 @@ def export_model(
     if _check_local_repo(repo) == "s3":  # temp local repo, then export.storage publishes
         from export.storage.route import export_to_object_store
 
-        return export_to_object_store(model, str(repo), options, progress=progress)
+        return export_to_object_store(model, str(repo), options, progress=progress,
+                                      export=export_model)
     if hasattr(model, "save") and hasattr(model, "layers"):  # an in-memory keras.Model
         import tempfile
 

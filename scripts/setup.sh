@@ -29,4 +29,11 @@ else
     echo "[setup] venv up to date ($VENV)"
 fi
 
+# nginx: the real load balancer the rollout tests put in front of several replicas.
+if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+    echo "[setup] installing nginx-light (Debian) for the load-balancer tests"
+    sudo=""; [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light
+fi
+
 bash "$ROOT/scripts/setup_triton.sh" "$@"

@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "query": ("client.cli", "ask a served model for recommendations"),
     "demo": ("export.cli.demo", "the main job: train, export, serve, query, print"),
     "deploy": ("export.cli.deploy", "write Kubernetes manifests for a published repository"),
+    "rollout": ("export.cli.rollout", "load a version on each replica in turn, canary-checked"),
+    "publish": ("export.cli.publish", "copy a local repository version to object storage"),
 }
 
 

@@ -174,6 +174,7 @@ def _exclusion_nodes() -> list[onnx.NodeProto]:
         _n("Squeeze", ["p_1d", "axis0"], ["p"]),
         _n("Range", ["zero", "p", "one"], ["ranks"]),
         _n("Unsqueeze", ["ranks", "axis0"], ["ranks_row"]),
+        _n("Shape", ["probe"], ["shape_of_probe"]),
         _n("Expand", ["ranks_row", "shape_of_probe"], ["ranks_b"]),
         _n("ScatterElements", ["rank_init", "probe", "ranks_b"], ["rank_map"], axis=1),
         _n("GatherElements", ["rank_map", "ex_list"], ["ex_rank"], axis=1),
@@ -200,3 +201,171 @@ def _output_nodes() -> list[onnx.NodeProto]:
         _n("Where", ["found", "top_ids_raw", "minus1"], [contract.TOP_ITEM_IDS]),
         _n("Where", ["found", "top_raw", "neg_inf"], [contract.TOP_SCORES]),
     ]
+
+
+def ivf_tables(index: IvfIndex, user_table: np.ndarray) -> dict[str, np.ndarray]:
+    """The graph's tables by initializer name (what `save_ivf` writes)."""
+    values = (np.ascontiguousarray(user_table, np.float32),
+              np.ascontiguousarray(index.centroids.T), index.blocks, index.block_ids,
+              index.item_loc)
+    return dict(zip(_TABLES, values, strict=True))
+
+
+def ivf_graph(index: IvfIndex, user_table: np.ndarray, *, k: int, nprobe: int,
+              tables: bool = True) -> onnx.ModelProto:
+    """The IVF retrieve graph of ``index`` (see the module docstring).
+
+    Args:
+        index: The item index (`build_index`).
+        user_table: ``[num_users, D]`` as trained.
+        k: Results per row (> 0).
+        nprobe: The default of the optional ``nprobe`` input (stored clamped).
+        tables: Inline the tables as initializers; False leaves them out (`save_ivf`
+            adds them, inline or as external data).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> index = build_index(rng.normal(size=(40, 4)).astype(np.float32), nlist=4,
+        ...                     normalization="cosine")
+        >>> proto = ivf_graph(index, np.ones((2, 4), np.float32), k=2, nprobe=9)
+        >>> onnx.checker.check_model(proto)
+        >>> [i.name for i in proto.graph.input], [o.name for o in proto.graph.output]
+        (['user_id', 'exclude_item_ids', 'nprobe'], ['top_item_ids', 'top_scores'])
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise ValueError(f"Invalid value received for argument `k`. Expected a positive int. "
+                         f"Received: k={k!r}")
+    default = np.array([min(max(int(nprobe), 1), index.num_lists)], np.int64)
+    nodes = (_user_nodes(index.normalization == "cosine") + _probe_nodes() + _tail_nodes()
+             + _exclusion_nodes() + _output_nodes())
+    inits = _constants(index, int(user_table.shape[0]), k)
+    inits.append(numpy_helper.from_array(default, NPROBE))
+    if tables:
+        inits += [numpy_helper.from_array(v, name)
+                  for name, v in ivf_tables(index, user_table).items()]
+    i64, f32 = TensorProto.INT64, TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes, "kmr_ivf_retrieve",
+        [helper.make_tensor_value_info(contract.USER_ID, i64, ["batch"]),
+         helper.make_tensor_value_info(contract.EXCLUDE_ITEM_IDS, i64, ["exclude_batch",
+                                                                         "num_exclude"]),
+         helper.make_tensor_value_info(NPROBE, i64, [1])],
+        [helper.make_tensor_value_info(contract.TOP_ITEM_IDS, i64, ["batch", k]),
+         helper.make_tensor_value_info(contract.TOP_SCORES, f32, ["batch", k])],
+        initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="kmr-export", ir_version=IR_VERSION)
+    proto.doc_string = (f"kmr ivf retrieve graph, k={k}, nlist={index.nlist}, "
+                        f"num_lists={index.num_lists}, block_size={index.block_size}, "
+                        f"nprobe={int(default[0])}, normalization={index.normalization}")
+    return proto
+
+
+def _external(name: str, value: np.ndarray, offset: int) -> onnx.TensorProto:
+    tensor = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype))
+    tensor.dims.extend(value.shape)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, val in (("location", contract.ONNX_WEIGHTS_FILE), ("offset", str(offset)),
+                     ("length", str(value.nbytes))):
+        tensor.external_data.add(key=key, value=val)
+    return tensor
+
+
+def save_ivf(proto: onnx.ModelProto, tables: dict[str, np.ndarray],
+             out_dir: str | os.PathLike[str], *,
+             external_threshold_bytes: int = DEFAULT_EXTERNAL_THRESHOLD_BYTES) -> list[Path]:
+    """Adds ``tables`` to a ``tables=False`` graph and writes ``out_dir/model.onnx``.
+
+    Tables totalling more than the threshold go to ``model.onnx.data`` (4 KiB aligned,
+    written straight from the arrays), else inline. Returns the files written.
+
+    Example:
+        >>> import tempfile
+        >>> rng = np.random.default_rng(0)
+        >>> index = build_index(rng.normal(size=(40, 4)).astype(np.float32), nlist=4,
+        ...                     normalization="sqrt_dim")
+        >>> users = np.ones((2, 4), np.float32)
+        >>> proto = ivf_graph(index, users, k=2, nprobe=2, tables=False)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     files = save_ivf(proto, ivf_tables(index, users), d, external_threshold_bytes=0)
+        ...     onnx.checker.check_model(str(files[0]))
+        ...     [f.name for f in files]
+        ['model.onnx', 'model.onnx.data']
+    """
+    out_dir = Path(out_dir)
+    files = [out_dir / contract.ONNX_FILE]
+    if sum(v.nbytes for v in tables.values()) <= external_threshold_bytes:
+        proto.graph.initializer.extend(numpy_helper.from_array(v, n) for n, v in tables.items())
+    else:
+        files.append(out_dir / contract.ONNX_WEIGHTS_FILE)
+        offset = 0
+        with open(files[1], "wb") as f:
+            for name, value in tables.items():
+                offset = -(-offset // _ALIGN) * _ALIGN
+                f.seek(offset)
+                f.write(memoryview(np.ascontiguousarray(value)).cast("B"))
+                proto.graph.initializer.append(_external(name, value, offset))
+                offset += value.nbytes
+    files[0].write_bytes(proto.SerializeToString())
+    return files
+
+
+def build_ivf_retrieve(user_table: np.ndarray, item_table: np.ndarray, *, k: int,
+                       nlist: int | None = None, nprobe: int | None = None,
+                       normalization: str = "sqrt_dim", target_recall: float = 0.95,
+                       seed: int = 0, tables: bool = True) -> onnx.ModelProto:
+    """Clusters the items and builds the IVF retrieve graph (inline tables).
+
+    Args:
+        user_table: ``[num_users, D]`` as trained.
+        item_table: ``[num_items, D]`` as trained.
+        k: Results per row.
+        nlist: k-means clusters (default `default_nlist`, ~4 sqrt(N)).
+        nprobe: Default probed lists (default: `choose_nprobe` at ``target_recall`` on
+            256 sampled users against exact numpy top-k).
+        normalization: ``"sqrt_dim"`` or ``"cosine"`` (the similarity layer's).
+        target_recall: Recall@k the default nprobe must reach on the sample.
+        seed: k-means and sample seed.
+        tables: False: leave the tables out (large models: `save_ivf` them); rebuild
+            the index with `build_index` and the same seed to get them.
+
+    The chosen values are in ``proto.metadata_props`` (``nlist``, ``num_lists``,
+    ``nprobe``, ``block_size``, ``sample_recall``).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> proto = build_ivf_retrieve(rng.normal(size=(5, 4)).astype(np.float32),
+        ...     rng.normal(size=(300, 4)).astype(np.float32), k=5, nlist=6)
+        >>> sorted(p.key for p in proto.metadata_props)
+        ['block_size', 'nlist', 'nprobe', 'num_lists', 'sample_recall']
+    """
+    index = build_index(item_table, nlist=nlist or default_nlist(len(item_table)),
+                        normalization=normalization, seed=seed)
+    if nprobe is None:
+        nprobe = choose_nprobe(index, user_table, item_table, k=k,
+                               target_recall=target_recall, seed=seed)
+    proto = ivf_graph(index, user_table, k=k, nprobe=nprobe, tables=tables)
+    sample = sample_recall(index, user_table, item_table, k=k, nprobe=nprobe, seed=seed)
+    facts = {"nlist": index.nlist, "num_lists": index.num_lists, "nprobe": nprobe,
+             "block_size": index.block_size, "sample_recall": round(sample, 4)}
+    helper.set_model_props(proto, {key: str(value) for key, value in facts.items()})
+    return proto
+
+
+def sample_recall(index: IvfIndex, user_table: np.ndarray, item_table: np.ndarray, *, k: int,
+                  nprobe: int, sample: int = 256, seed: int = 0) -> float:
+    """Recall@k of `ivf_reference` vs `exact_topk` on ``sample`` seeded users (no exclusions).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> items = rng.normal(size=(100, 4)).astype(np.float32)
+        >>> index = build_index(items, nlist=4, normalization="sqrt_dim")
+        >>> sample_recall(index, items[:9], items, k=3, nprobe=index.num_lists)
+        1.0
+    """
+    rng = np.random.default_rng(seed)
+    users = rng.choice(user_table.shape[0], min(sample, user_table.shape[0]), replace=False)
+    found, _ = ivf_reference(index, user_table, users, np.full((users.size, 1), -1), k=k,
+                             nprobe=nprobe)
+    exact, _ = exact_topk(user_table, item_table, users, k=k, normalization=index.normalization)
+    return recall_at_k(found, exact)

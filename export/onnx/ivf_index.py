@@ -106,7 +106,7 @@ def _kmeans_assign(x: np.ndarray, nlist: int, seed: int, cosine: bool) -> np.nda
 
     if nlist == 1:
         return np.zeros(x.shape[0], np.int64)
-    km = faiss.Kmeans(x.shape[1], nlist, niter=20, seed=seed, spherical=cosine,
+    km = faiss.Kmeans(x.shape[1], nlist, niter=10, seed=seed, spherical=cosine,
                       max_points_per_centroid=256, verbose=False)
     km.train(x)
     _, assign = km.index.search(x, 1)

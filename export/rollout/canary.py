@@ -97,8 +97,8 @@ def canary_cases(folder: str | Path, cases: int = DEFAULT_CASES, *,
     folder = Path(folder)
     data_path = Path(requests_from or folder) / PERF_DATA_FILE
     if not data_path.is_file():
-        raise ExportError(f"no {PERF_DATA_FILE} in {data_path.parent}: re-export the version (the canary "
-                          "takes its requests of valid ids from that file)")
+        raise ExportError(f"no {PERF_DATA_FILE} in {data_path.parent}: re-export the version "
+                          "(the canary takes its requests of valid ids from that file)")
     rows = json.loads(data_path.read_text(encoding="utf-8"))["data"][:cases]
     session = _onnx_session(folder / contract.ONNX_FILE)
     dtypes = {i.name: (object if i.type == "tensor(string)" else np.int64)

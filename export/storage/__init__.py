@@ -27,8 +27,8 @@ Publishing needs a store::
 
 from export.storage.location import MARKER_FILE, S3Location, parse_repository_url
 from export.storage.publish import PublishResult, publish_version
-from export.storage.route import export_to_object_store
 from export.storage.rollout import pinned_load_config
+from export.storage.route import export_to_object_store
 from export.storage.versions import find_complete_versions, read_marker, remote_versions
 
 __all__ = [

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,9 +57,9 @@ def parse_repository_url(url: str | os.PathLike[str]) -> S3Location:
     Example:
         >>> parse_repository_url("s3://models/team/prod/")
         S3Location(bucket='models', prefix='team/prod')
-        >>> parse_repository_url("gs://models/prod")
+        >>> parse_repository_url("gs://models/prod")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        export.errors.ExportError: Repository 'gs://models/prod': gs:// is not supported yet; use an s3:// URL (S3 or an S3-compatible store) or a local folder.
+        export.errors.ExportError: Repository 'gs://models/prod': gs:// is not supported yet; ...
     """
     text = str(url)
     scheme = url_scheme(text)
@@ -75,12 +77,12 @@ def unsupported_message(repo: str, scheme: str | None) -> str:
     """Why a repository URL with ``scheme`` is refused.
 
     Example:
-        >>> unsupported_message("https://host/repo", "https")
-        "Repository 'https://host/repo': https:// is not a supported repository; use an s3:// URL (S3 or an S3-compatible store) or a local folder."
+        >>> unsupported_message("https://host/repo", "https").split(";")[0]
+        "Repository 'https://host/repo': https:// is not a supported repository"
     """
     what = "is not supported yet" if scheme in ("gs", "as") else "is not a supported repository"
-    return (f"Repository {repo!r}: {scheme}:// {what}; use an s3:// URL (S3 or an "
-            "S3-compatible store) or a local folder.")
+    return (f"Repository {repo!r}: {scheme}:// {what}; export writes a local folder only, "
+            "or publishes to s3:// (S3 or an S3-compatible store).")
 
 
 def s3_client() -> Any:
@@ -90,3 +92,24 @@ def s3_client() -> Any:
     except ImportError as error:  # pragma: no cover - boto3 is a dependency
         raise ExportError("Publishing to s3:// needs boto3: pip install boto3") from error
     return boto3.client("s3")
+
+
+@contextlib.contextmanager
+def store_errors(location: S3Location) -> Iterator[None]:
+    """Turns a store failure (no credentials, unreachable, denied) into an ExportError.
+
+    Example:
+        >>> with store_errors(S3Location("models")):  # doctest: +ELLIPSIS
+        ...     raise OSError("connection refused")
+        Traceback (most recent call last):
+        export.errors.ExportError: Object store s3://models failed: OSError: connection refused ...
+    """
+    try:
+        yield
+    except ExportError:
+        raise
+    except Exception as error:  # noqa: BLE001 - botocore raises many types
+        raise ExportError(f"Object store {location.url} failed: {type(error).__name__}: "
+                          f"{error} (endpoint and credentials come from AWS_ENDPOINT_URL, "
+                          "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION)."
+                          ) from error

@@ -128,9 +128,9 @@ def publish_version(repo: str | os.PathLike[str], name: str, version: int | None
             ``force``, or a failed upload or verification.
 
     Example:
-        >>> publish_version("missing_repo", "m", 1, "gs://models/prod")
+        >>> publish_version("missing_repo", "m", 1, "gs://models/prod")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        export.errors.ExportError: Repository 'gs://models/prod': gs:// is not supported yet; use an s3:// URL (S3 or an S3-compatible store) or a local folder.
+        export.errors.ExportError: Repository 'gs://models/prod': gs:// is not supported yet; ...
     """
     location = parse_repository_url(url)
     repo = Path(repo)
@@ -158,7 +158,7 @@ def _upload_version(client: Any, location: S3Location, model_dir: Path, version:
         config_uploaded = _publish_config(client, location, name, version,
                                           model_dir / CONFIG_FILE)
         marker = {"model": name, "version": version, "files": files,
-                  "published_at": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+                  "published_at": _dt.datetime.now(_dt.UTC).isoformat()}
         client.put_object(Bucket=location.bucket, Key=folder + MARKER_FILE,
                           Body=json.dumps(marker, indent=1).encode(),
                           ContentType="application/json")

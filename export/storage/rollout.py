@@ -37,7 +37,7 @@ def pinned_config_text(config_text: str, version: int) -> str:
 
     config = config_from_text(config_text)
     config.version_policy.specific.versions[:] = [version]
-    return json_format.MessageToJson(config)
+    return json_format.MessageToJson(config, preserving_proto_field_name=True)
 
 
 def pinned_load_config(url: str | os.PathLike[str], name: str, version: int, *,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from export.errors import ExportError
-from export.storage.location import S3Location, parse_repository_url, s3_client
+from export.storage.location import S3Location, parse_repository_url, s3_client, store_errors
 from export.storage.publish import publish_version
 from export.storage.versions import read_marker, remote_versions
 from export.triton.repository import CONFIG_FILE
@@ -40,31 +41,34 @@ def _fetch_configs(client: Any, location: S3Location, names: list[str], repo: Pa
         (repo / name / CONFIG_FILE).write_bytes(body)
 
 
-def export_to_object_store(model: Any, url: str, options: Any, *, progress: Any) -> Any:
+def export_to_object_store(model: Any, url: str, options: Any, *, progress: Any,
+                           export: Callable[..., Any]) -> Any:
     """`export.api.export_model` to ``s3://bucket/prefix``: temp local repo, then publish.
 
     The version is the asked one or one more than the highest version folder of any of
     the exported models on the store (complete or not). Each model is published with
     `publish_version` (marker last); ``progress`` gets an ``upload`` stage per model.
+    ``export`` is `export.api.export_model` (passed in: export.api calls this module).
     Returns the `export.api.ExportResult`, ``version_dir`` being the version's URL.
 
     Example::
 
         export_to_object_store("artifacts/model.keras", "s3://models/prod",
-                               ExportOptions(graph="both"), progress=print)
+                               ExportOptions(graph="both"), progress=print,
+                               export=export_model)
     """
-    from export.api import export_model
-
     location = parse_repository_url(url)
     client = s3_client()
     names = [name for name, _ in options.model_names()]
-    options = dataclasses.replace(options, version=_plan_version(client, location, names,
-                                                                 options))
+    with store_errors(location):
+        version = _plan_version(client, location, names, options)
+    options = dataclasses.replace(options, version=version)
     with tempfile.TemporaryDirectory(prefix="kmr-s3-export-") as folder:
         repo = Path(folder) / "repo"
         repo.mkdir()
-        _fetch_configs(client, location, names, repo)
-        result = export_model(model, repo, options, progress=progress)
+        with store_errors(location):
+            _fetch_configs(client, location, names, repo)
+        result = export(model, repo, options, progress=progress)
         models, timings = [], dict(result.timings)
         for published in result.models:
             done = publish_version(repo, published.name, published.version, location.url,

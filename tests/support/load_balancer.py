@@ -64,13 +64,16 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _upstream(name: str, servers: Sequence[str], fail_timeout_s: int) -> str:
-    lines = [f"server {s} max_fails=1 fail_timeout={fail_timeout_s}s;" for s in servers]
+def _upstream(name: str, servers: Sequence[str], fail_timeout_s: int,
+              down: frozenset[int] = frozenset()) -> str:
+    lines = [f"server {s} max_fails=1 fail_timeout={fail_timeout_s}s"
+             f"{' down' if i in down else ''};" for i, s in enumerate(servers)]
     return f"upstream {name} {{\n  " + "\n  ".join(lines) + "\n  keepalive 32;\n}\n"
 
 
 def nginx_config(prefix: Path, grpc: Sequence[str], http: Sequence[str], grpc_port: int,
-                 http_port: int, *, fail_timeout_s: int = 2, workers: int = 1) -> str:
+                 http_port: int, *, fail_timeout_s: int = 2, workers: int = 1,
+                 down: frozenset[int] = frozenset()) -> str:
     """The nginx.conf text (nginx 1.22: ``listen PORT http2`` for gRPC).
 
     Example:
@@ -87,8 +90,8 @@ events {{ worker_connections 4096; }}
 http {{
   access_log off;
 {temps}
-{_upstream("triton_grpc", grpc, fail_timeout_s)}
-{_upstream("triton_http", http, fail_timeout_s)}
+{_upstream("triton_grpc", grpc, fail_timeout_s, down)}
+{_upstream("triton_http", http, fail_timeout_s, down)}
   server {{
     listen 127.0.0.1:{grpc_port} http2;
     location / {{
@@ -125,6 +128,7 @@ class NginxBalancer:
         self._folder: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
+        self.down: set[int] = set()
 
     @property
     def grpc_url(self) -> str:
@@ -154,13 +158,47 @@ class NginxBalancer:
             (self.prefix / "tmp" / kind).chmod(0o777)  # workers may run as nobody
         conf = self.prefix / "nginx.conf"
         self._stderr = open(self.prefix / "stderr.log", "wb")  # noqa: SIM115  (stop closes)
-        conf.write_text(nginx_config(self.prefix, self.grpc_servers, self.http_servers,
-                                     self.grpc_port, self.http_port, workers=self.workers))
+        self._write_config()
         self._process = subprocess.Popen(
             [self.binary, "-c", str(conf), "-p", str(self.prefix), "-g", "daemon off;"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=self._stderr, start_new_session=True)
         self._wait_ready()
+
+    def _write_config(self) -> None:
+        (self.prefix / "nginx.conf").write_text(nginx_config(
+            self.prefix, self.grpc_servers, self.http_servers, self.grpc_port, self.http_port,
+            workers=self.workers, down=frozenset(self.down)))
+
+    def _workers(self) -> set[int]:
+        assert self._process is not None
+        path = Path(f"/proc/{self._process.pid}/task/{self._process.pid}/children")
+        return {int(pid) for pid in path.read_text().split()}
+
+    def _reload(self, timeout: float = 5.0) -> None:
+        """Rewrites the config and reloads (SIGHUP); returns once new workers run."""
+        assert self._process is not None and self._process.poll() is None, "nginx not running"
+        old = self._workers()
+        self._write_config()
+        self._process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while not self._workers() - old:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nginx did not reload: {self.error_log()}")
+            time.sleep(0.02)
+
+    def _index(self, grpc_url: str) -> int:
+        return self.grpc_servers.index(grpc_url)
+
+    def drain(self, grpc_url: str) -> None:
+        """Marks the replica ``down`` (gRPC and HTTP): new requests go to the others."""
+        self.down.add(self._index(grpc_url))
+        self._reload()
+
+    def undrain(self, grpc_url: str) -> None:
+        """Puts a drained replica back into both upstreams."""
+        self.down.discard(self._index(grpc_url))
+        self._reload()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout

@@ -110,9 +110,8 @@ def _command(binary: Path, data_dir: Path, ports: dict[str, int]) -> list[str]:
 
 
 def _answers_s3(store: SeaweedS3) -> bool:
-    from botocore.config import Config
-
     import boto3
+    from botocore.config import Config
 
     client = boto3.client("s3", endpoint_url=store.endpoint_url, aws_access_key_id=ACCESS_KEY,
                           aws_secret_access_key=SECRET_KEY, region_name=REGION,
