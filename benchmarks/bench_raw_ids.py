@@ -94,23 +94,13 @@ print(json.dumps({"load_seconds": seconds, "rss_delta_bytes": rss("VmRSS:") - be
 """
 
 
-def item_ids(kind: str, index: np.ndarray) -> np.ndarray:
-    """Raw item ids of dense indices, as a feed array (int64 or object of str)."""
+def raw_feed(kind: str, index: np.ndarray, text: str) -> np.ndarray:
+    """Raw ids of dense indices as a feed array (int64, or object of ``text.format(i)``)."""
     if kind == "int":
         return index.astype(np.int64)
     if kind == "sparse":
         return index.astype(np.int64) * 7 + 3
-    flat = [f"sku-{i:09d}" for i in index.ravel()]
-    return np.array(flat, dtype=object).reshape(index.shape)
-
-
-def user_ids(kind: str, index: np.ndarray) -> np.ndarray:
-    """Raw user ids of dense indices, as a feed array."""
-    if kind == "int":
-        return index.astype(np.int64)
-    if kind == "sparse":
-        return index.astype(np.int64) * 7 + 3
-    flat = [f"user-{i:08d}" for i in index.ravel()]
+    flat = [text.format(i) for i in index.ravel()]
     return np.array(flat, dtype=object).reshape(index.shape)
 
 
@@ -166,7 +156,8 @@ def make_feed(session, graph: str, kind: str, mode: str, batch: int, items: int,
     other = rng.integers(0, items, size=(batch, N_CANDIDATES if graph == "rerank" else 1))
     names = [i.name for i in session.get_inputs()]
     if mode == "raw":
-        feed = {names[0]: user_ids(kind, users), names[1]: item_ids(kind, other)}
+        feed = {names[0]: raw_feed(kind, users, "user-{:08d}"),
+                names[1]: raw_feed(kind, other, "sku-{:09d}")}
     else:
         feed = {names[0]: users.astype(np.int64), names[1]: other.astype(np.int64)}
     return feed
