@@ -19,15 +19,14 @@ Example:
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 
 from client.errors import InvalidRequestError, ModelContractError
 from kmr import contract
+from kmr.vocabulary import canonical_int
 
-_INT_TEXT = re.compile(r"-?[0-9]+")  # ASCII digits; canonical text is checked on top
 _INT64 = (-(2**63), 2**63 - 1)
 PAD_BYTES = contract.PAD_STR.encode("utf-8")
 
@@ -47,8 +46,8 @@ def int_id(value: Any, name: str) -> int:
     """
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, str) and _INT_TEXT.fullmatch(value) and str(int(value)) == value:
-        value = int(value)
+    if isinstance(value, str) and (parsed := canonical_int(value)) is not None:
+        value = parsed
     if isinstance(value, int) and not isinstance(value, bool):
         if _INT64[0] <= value <= _INT64[1]:
             return value

@@ -59,7 +59,6 @@ BACKENDS = (BACKEND_ONNXRUNTIME, BACKEND_PYTHON)
 IDS_RAW, IDS_INDEX = "raw", "index"
 ID_MODES = (IDS_RAW, IDS_INDEX)
 PYTHON_BACKEND_FILE = Path(__file__).parent / "triton" / "python_backend" / "model.py"
-_VOCAB_CHECK_MAX_BYTES = 16 << 20  # larger vocabularies are copied without loading them
 
 Progress = Callable[[str, float, str], None]
 

@@ -26,13 +26,13 @@ from pathlib import Path
 
 from export.errors import ExportError
 from kmr import contract
-from kmr.vocabulary import Vocabulary
+from kmr.vocabulary import Vocabulary, canonical_int
 
 _CHECK_MAX_BYTES = 16 << 20  # larger JSON vocabularies are copied without loading them
 _INT64 = (-(2**63), 2**63 - 1)
 
 
-@dataclass(frozen=True)
+@dataclass
 class VocabularyPlan:
     """Where one published vocabulary comes from.
 
@@ -41,22 +41,21 @@ class VocabularyPlan:
         source: A JSON file to copy as is, or None when `vocabulary` is written.
         vocabulary: The vocabulary to write (identity, or read from a text/CSV file).
         origin: ``"file"``, ``"trained"`` or ``"identity"`` (recorded in the manifest).
+        size: Rows of the model's table: every loaded vocabulary must have that many ids.
     """
 
     target: str
     source: Path | None
     vocabulary: Vocabulary | None
     origin: str
+    size: int
 
     def load(self) -> Vocabulary:
-        """The vocabulary itself (reads the JSON source when it is a copy)."""
-        if self.vocabulary is not None:
-            return self.vocabulary
-        assert self.source is not None
-        try:
-            return Vocabulary.load(self.source)
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ExportError(f"Bad vocabulary {str(self.source)!r}: {error}") from error
+        """The vocabulary itself; a copied JSON source is read (and size-checked) once."""
+        if self.vocabulary is None:
+            assert self.source is not None
+            self.vocabulary = read_vocabulary(self.source, expected=self.size)
+        return self.vocabulary
 
     def write(self, folder: Path) -> None:
         """Writes (or copies) the vocabulary into ``folder``."""
@@ -70,12 +69,9 @@ class VocabularyPlan:
 
 
 def _canonical(values: list[str]) -> list[int] | list[str]:
-    try:
-        ints = [int(v) for v in values]
-    except ValueError:
-        return values
-    if all(str(i) == v and _INT64[0] <= i <= _INT64[1] for i, v in zip(ints, values,
-                                                                       strict=True)):
+    """Ints when every value is the canonical text of an int64, else the strings."""
+    ints = [canonical_int(v) for v in values]
+    if all(i is not None and _INT64[0] <= i <= _INT64[1] for i in ints):
         return ints
     return values
 
@@ -118,13 +114,15 @@ def plan_vocabularies(model_dir: Path | None, sizes: tuple[int, int],
             if not path.is_file():
                 raise ExportError(f"Vocabulary file {str(path)!r} does not exist.")
             vocabulary = read_vocabulary(path, expected=size)
-            plans.append(VocabularyPlan(target, None, vocabulary, "file"))
+            plans.append(VocabularyPlan(target, None, vocabulary, "file", size))
             continue
         saved = model_dir / target if model_dir is not None else None
         if saved is not None and saved.is_file():
+            plan = VocabularyPlan(target, saved, None, "trained", size)
             if saved.stat().st_size <= _CHECK_MAX_BYTES:
-                read_vocabulary(saved, expected=size)
-            plans.append(VocabularyPlan(target, saved, None, "trained"))
+                plan.load()  # fail before any conversion; larger ones when they are needed
+            plans.append(plan)
         else:
-            plans.append(VocabularyPlan(target, None, Vocabulary(list(range(size))), "identity"))
+            plans.append(VocabularyPlan(target, None, Vocabulary(list(range(size))), "identity",
+                                        size))
     return plans

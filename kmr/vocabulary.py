@@ -28,6 +28,22 @@ FORMAT = "kmr-vocabulary/1"
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")  # ASCII decimal digits only
 
 
+def canonical_int(text: str) -> int | None:
+    """The int whose canonical text is ``text`` (``str(int(text)) == text``), else None.
+
+    The one rule for "is this raw id an int": ASCII digits only, no sign but ``-``, no
+    leading zeros, no spaces. Range (int64) is the caller's check.
+
+    Example:
+        >>> canonical_int("-7"), canonical_int("007"), canonical_int("+7"), canonical_int(" 7")
+        (-7, None, None, None)
+    """
+    if not _INT_TEXT.fullmatch(text):
+        return None
+    value = int(text)
+    return value if str(value) == text else None
+
+
 class UnknownIdError(KeyError):
     """A raw id is not in the vocabulary."""
 
@@ -87,8 +103,8 @@ class Vocabulary:
                 raise UnknownIdError(f"Unknown {self.name} {raw!r}: expected an integer id.")
             if isinstance(raw, int):
                 return raw
-            if isinstance(raw, str) and _INT_TEXT.fullmatch(raw) and str(int(raw)) == raw:
-                return int(raw)
+            if isinstance(raw, str) and (value := canonical_int(raw)) is not None:
+                return value
             raise UnknownIdError(f"Unknown {self.name} {raw!r}: expected an integer id.")
         return str(raw)
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from kmr.data.interactions import Interactions
 from kmr.errors import DataError
-from kmr.vocabulary import Vocabulary
+from kmr.vocabulary import Vocabulary, canonical_int
 
 DEFAULT_RATING_THRESHOLD = 4.0
 
@@ -45,7 +45,6 @@ _RATING_NAMES = ("rating", "ratings", "score", "stars")
 _TIMESTAMP_NAMES = ("timestamp", "time", "ts", "unixtime", "unixtimestamp")
 
 # Integer ids: ASCII digits (as `kmr.vocabulary.Vocabulary.coerce` accepts) within int64.
-_INT_RE = re.compile(r"[+-]?[0-9]+")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -323,7 +322,7 @@ def _encode(raw: list[str]) -> tuple[np.ndarray, list[int] | list[str]]:
     strings, so raw ids round-trip exactly (``"0439708184"`` and ``"439708184"`` stay
     two items).
     """
-    ints = [int(v) if _INT_RE.fullmatch(v) and str(int(v)) == v else None for v in raw]
+    ints = [canonical_int(v) for v in raw]
     if all(v is not None and _INT64_MIN <= v <= _INT64_MAX for v in ints):
         values = np.asarray(ints, dtype=object)
         distinct = sorted(set(ints))

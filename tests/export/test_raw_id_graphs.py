@@ -179,3 +179,20 @@ def test_contiguous_int_ids_need_no_table_when_ids_are_a_range(exported, tmp_pat
         contract.EXCLUDE_ITEM_IDS: np.array([[contract.PAD_INT, 1000]])})
     assert 1000 not in out[contract.TOP_ITEM_IDS][0].tolist()
     assert all(1000 <= i < 1030 for i in out[contract.TOP_ITEM_IDS][0].tolist())
+
+
+def test_large_trained_vocabulary_is_size_checked_when_baked_into_the_graph(
+        exported, tmp_path, monkeypatch):
+    import export.vocabularies as vocabularies
+
+    _, path, _ = exported
+    folder = tmp_path / "art"
+    folder.mkdir()
+    (folder / "model.keras").write_bytes(path.read_bytes())
+    Vocabulary(USERS).save(folder / contract.USER_VOCAB_FILE)
+    Vocabulary(ITEMS[:-1]).save(folder / contract.ITEM_VOCAB_FILE)  # one id short
+    monkeypatch.setattr(vocabularies, "_CHECK_MAX_BYTES", 0)  # "too large to check early"
+    with pytest.raises(ExportError, match=f"has {len(ITEMS) - 1} ids but the model has "
+                                          f"{len(ITEMS)} rows"):
+        export_model(folder / "model.keras", tmp_path / "repo", ExportOptions(k=3))
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
