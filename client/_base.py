@@ -11,7 +11,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from client._codec import Plan, plan_recommend, plan_rerank
+from client._codec import Plan, RecommendRequest, plan_recommend, plan_rerank
 from client._retry import DEADLINE_PER_TIMEOUT, DEFAULT_JITTER, ClientStats, RetryPolicy
 from client._transport import answer_version
 from client.errors import InvalidRequestError, ModelContractError
@@ -188,12 +188,9 @@ class ClientBase:
     def _format_config(raw: Any, as_json: bool) -> dict[str, Any] | Message:
         return normalize_config(raw) if as_json else config_message(raw)
 
-    def _plan_recommend(
-        self, info: ModelInfo, user_ids: Any, k: int | None, exclude: Any, raw_ids: bool
-    ) -> Plan:
-        return self._planned(info, raw_ids, lambda vocabularies, version: plan_recommend(
-            info, vocabularies, user_ids, k=k, exclude=exclude, raw_ids=raw_ids,
-            version=version))
+    def _plan_recommend(self, info: ModelInfo, request: RecommendRequest) -> Plan:
+        return self._planned(info, request.raw_ids, lambda vocabularies, version: (
+            plan_recommend(info, vocabularies, request, version)))
 
     def _plan_rerank(
         self, info: ModelInfo, user_ids: Any, candidates: Any, k: int | None, raw_ids: bool

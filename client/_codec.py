@@ -175,30 +175,58 @@ class Plan:
         }
 
 
+@dataclass(frozen=True)
+class RecommendRequest:
+    """The arguments of one `RecommenderClient.recommend` call (see there)."""
+
+    user_ids: Any
+    k: int | None = None
+    exclude: Any = None
+    raw_ids: bool = True
+    nprobe: int | None = None
+
+
 def plan_recommend(
     info: ModelInfo,
     vocabularies: Vocabularies | None,
-    user_ids: Any,
-    *,
-    k: int | None,
-    exclude: Any,
-    raw_ids: bool,
+    request: RecommendRequest,
     version: str | None = None,
 ) -> Plan:
     """Validates and encodes a retrieve request (see `RecommenderClient.recommend`)."""
     _check_kind(info, contract.GRAPH_RETRIEVE, "recommend", "rerank")
-    check_raw_mode(info, raw_ids)
-    k = _check_k(k, info)
-    users, wire = encode_users(info, vocabularies, user_ids, raw_ids)
-    rows, dropped = encode_exclusions(info, vocabularies, exclude, len(users), raw_ids)
-    chunks = [
-        {
+    check_raw_mode(info, request.raw_ids)
+    k = _check_k(request.k, info)
+    nprobe = _check_nprobe(request.nprobe, info)
+    users, wire = encode_users(info, vocabularies, request.user_ids, request.raw_ids)
+    rows, dropped = encode_exclusions(info, vocabularies, request.exclude, len(users),
+                                      request.raw_ids)
+    chunks = []
+    for start, stop in chunk_bounds(len(users), info.max_batch_size):
+        chunk = {
             contract.USER_ID: user_wire(info, wire[start:stop]),
             contract.EXCLUDE_ITEM_IDS: pad_rows(rows[start:stop], info.id_kind),
         }
-        for start, stop in chunk_bounds(len(users), info.max_batch_size)
-    ]
-    return _plan(info, chunks, k, users, vocabularies, raw_ids, version, dropped)
+        if nprobe is not None:
+            chunk[contract.NPROBE] = np.full((stop - start, 1), nprobe, np.int64)
+        chunks.append(chunk)
+    return _plan(info, chunks, k, users, vocabularies, request.raw_ids, version, dropped)
+
+
+def _check_nprobe(nprobe: Any, info: ModelInfo) -> int | None:
+    """The wire value of ``nprobe`` (0: the exported default); None: the model has none."""
+    if info.index != contract.INDEX_IVF:
+        if nprobe is not None:
+            raise InvalidRequestError(
+                f"Model {info.name!r} has an exact index (every item is scored): `nprobe` "
+                f"only applies to an IVF model. Received: nprobe={nprobe!r}")
+        return None
+    if nprobe is None:
+        return 0
+    if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
+        raise InvalidRequestError(
+            f"`nprobe` must be a positive int (lists to probe; more than the model's lists "
+            f"probes them all) or None for the exported default. Received: {nprobe!r}")
+    return int(nprobe)
 
 
 def plan_rerank(

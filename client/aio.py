@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from client._base import VERSION_TRIES, ClientBase, VocabularySource
-from client._codec import Plan, Recommendations
+from client._codec import Plan, Recommendations, RecommendRequest
 from client._retry import DEFAULT_JITTER, call_with_retry_async
 from client._transport import AsyncGrpcTransport, AsyncTransport, ConnectionOptions
 from client.errors import InvalidRequestError, RecommenderError
@@ -188,10 +188,12 @@ class AsyncRecommenderClient(ClientBase):
         k: int | None = None,
         exclude: Any = None,
         raw_ids: bool = True,
+        nprobe: int | None = None,
     ) -> Recommendations:
         """As `RecommenderClient.recommend`."""
         info = await self.fetch_model_info()
-        return await self._run(self._plan_recommend(info, user_ids, k, exclude, raw_ids))
+        request = RecommendRequest(user_ids, k, exclude, raw_ids, nprobe)
+        return await self._run(self._plan_recommend(info, request))
 
     async def rerank(
         self,

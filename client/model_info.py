@@ -70,6 +70,8 @@ class ModelInfo:
         outputs: Output specs by name.
         user_vocabulary_file: File name of the user vocabulary in the version folder.
         item_vocabulary_file: File name of the item vocabulary in the version folder.
+        index: ``"exact"`` or ``"ivf"`` (`kmr.contract.INDEXES`): an IVF retrieve model
+            takes ``nprobe``. ``"exact"`` when the config does not say.
     """
 
     name: str
@@ -86,6 +88,7 @@ class ModelInfo:
     outputs: Mapping[str, TensorSpec] = field(default_factory=dict)
     user_vocabulary_file: str = contract.USER_VOCAB_FILE
     item_vocabulary_file: str = contract.ITEM_VOCAB_FILE
+    index: str = contract.INDEX_EXACT
 
     @property
     def raw_ids(self) -> bool:
@@ -141,9 +144,10 @@ def parse_model_info(raw: Mapping[str, Any]) -> ModelInfo:
     kind = _choice(params, name, contract.PARAM_GRAPH_KIND, contract.GRAPH_KINDS, None)
     id_kind = _choice(params, name, contract.PARAM_ID_KIND, contract.ID_KINDS,
                       contract.IDS_INDEX)
+    index = _choice(params, name, contract.PARAM_INDEX, contract.INDEXES, contract.INDEX_EXACT)
     inputs = {t.name: _spec(t) for t in message.input}
     outputs = {t.name: _spec(t) for t in message.output}
-    _check_tensors(name, kind, id_kind, inputs, outputs)
+    _check_tensors(name, (kind, index), id_kind, inputs, outputs)
 
     def number(key: str, default: int | None = None) -> int | None:
         return _int_param(params, name, key, default)
@@ -163,6 +167,7 @@ def parse_model_info(raw: Mapping[str, Any]) -> ModelInfo:
         outputs=outputs,
         user_vocabulary_file=params.get(contract.PARAM_USER_VOCAB) or contract.USER_VOCAB_FILE,
         item_vocabulary_file=params.get(contract.PARAM_ITEM_VOCAB) or contract.ITEM_VOCAB_FILE,
+        index=index,
     )
 
 
@@ -172,7 +177,7 @@ _ID_TYPES = {contract.IDS_INT: "TYPE_INT64", contract.IDS_STR: "TYPE_STRING",
 _ID_TENSORS = (contract.USER_ID, contract.ITEM_IDS, contract.EXCLUDE_ITEM_IDS,
                contract.TOP_ITEM_IDS)
 _FIXED_TYPES = {contract.TOP_POSITIONS: "TYPE_INT64", contract.TOP_SCORES: "TYPE_FP32",
-                contract.NUM_RESULTS: "TYPE_INT64"}
+                contract.NUM_RESULTS: "TYPE_INT64", contract.NPROBE: "TYPE_INT64"}
 
 
 def _int_param(params: Mapping[str, str], name: str, key: str,
@@ -207,14 +212,18 @@ def _choice(params: Mapping[str, str], name: str, key: str, allowed: tuple[str, 
     return value
 
 
-def _check_tensors(name: str, kind: str, id_kind: str, inputs: Mapping[str, TensorSpec],
-                   outputs: Mapping[str, TensorSpec]) -> None:
+def _check_tensors(name: str, kind_index: tuple[str, str], id_kind: str,
+                   inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec]) -> None:
     """Every contract tensor is there, with the data type its id kind implies.
 
     ``num_results`` may be missing only from dense-index models (older exports).
     """
+    kind, index = kind_index
+    if index == contract.INDEX_IVF and kind != contract.GRAPH_RETRIEVE:
+        raise ModelContractError(f"Model {name!r} ({kind}): config parameter "
+                                 f"{contract.PARAM_INDEX!r} 'ivf' needs a retrieve model.")
     for role, wanted, have in (
-        ("input", contract.INPUTS[kind], inputs),
+        ("input", contract.inputs_of(kind, index), inputs),
         ("output", contract.OUTPUTS[kind], outputs),
     ):
         missing = [n for n in wanted if n not in have]

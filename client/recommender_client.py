@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from client._base import VERSION_TRIES, ClientBase, VocabularySource
-from client._codec import Plan, Recommendations
+from client._codec import Plan, Recommendations, RecommendRequest
 from client._retry import DEFAULT_JITTER, call_with_retry
 from client._transport import ConnectionOptions, Transport, check_protocol, make_transport
 from client.model_info import ModelInfo
@@ -220,6 +220,7 @@ class RecommenderClient(ClientBase):
         k: int | None = None,
         exclude: Any = None,
         raw_ids: bool = True,
+        nprobe: int | None = None,
     ) -> Recommendations:
         """Top-k items of the whole catalogue for each user (``retrieve`` models).
 
@@ -234,6 +235,9 @@ class RecommenderClient(ClientBase):
                 (a raw-id model sends them as given: ints or canonical int text for an
                 int model, ``"007"`` is refused; str for a str model). False: ids are
                 dense indices (dense-index models only).
+            nprobe: IVF models only: lists to probe for these users (more: better recall,
+                slower; more than the version's lists: every list, i.e. exact). None
+                (default): the value chosen at export (``export_manifest.json``).
 
         Returns:
             `Recommendations` with ``item_ids`` and ``scores`` of shape [B, k],
@@ -253,7 +257,8 @@ class RecommenderClient(ClientBase):
             # -> array([[4, 2, 7],
             # -> [1, 4, 0]])
         """
-        return self._run(self._plan_recommend(self.model_info, user_ids, k, exclude, raw_ids))
+        request = RecommendRequest(user_ids, k, exclude, raw_ids, nprobe)
+        return self._run(self._plan_recommend(self.model_info, request))
 
     def rerank(
         self,

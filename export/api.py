@@ -74,6 +74,8 @@ class PublishedModel:
         version_dir: The published version folder.
         external_data: Whether the weights are in ``model.onnx.data``.
         parity: The parity figures (see `export.parity.ParityReport`).
+        index: The retrieval index facts (``{"index": "exact"}``, or the IVF facts of
+            `export.onnx.ivf_convert.IvfBuild`).
     """
 
     name: str
@@ -82,6 +84,7 @@ class PublishedModel:
     version_dir: Path
     external_data: bool
     parity: dict[str, Any]
+    index: dict[str, Any] = field(default_factory=lambda: {"index": contract.INDEX_EXACT})
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,14 @@ class ExportOptions:
         ids: ``"raw"`` (default): the vocabularies are baked into the served graph, which
             takes and returns the raw ids (INT64 when every id is a canonical int, else
             BYTES); ``"index"``: dense indices, for callers that map ids themselves.
+        index: Retrieval index of the retrieve graph: ``"exact"`` (default, every item
+            scored) or ``"ivf"`` (approximate: items clustered by k-means at export, a
+            request scores the items of its ``nprobe`` best lists; `export.onnx.ivf`).
+        nlist: IVF only: k-means clusters (default about 4 sqrt(num_items)).
+        nprobe: IVF only: the default lists per row (a request may ask for others);
+            default the smallest reaching ``target_recall`` on sampled users.
+        target_recall: IVF only: recall@k against exact the default nprobe must reach
+            on 256 sampled users (default 0.95).
 
     Example:
         >>> ExportOptions(graph="both", k=20).model_names()
@@ -137,6 +148,10 @@ class ExportOptions:
     user_vocabulary: str | os.PathLike[str] | None = None
     item_vocabulary: str | os.PathLike[str] | None = None
     ids: str = IDS_RAW
+    index: str = contract.INDEX_EXACT
+    nlist: int | None = None
+    nprobe: int | None = None
+    target_recall: float = 0.95
 
     def validate(self) -> None:
         """Raises ExportError naming the first bad option and what is allowed."""
@@ -150,12 +165,43 @@ class ExportOptions:
             raise ExportError(f"Invalid k={self.k!r}: expected a positive int.")
         if self.version is not None and not _positive_int(self.version):
             raise ExportError(f"Invalid version={self.version!r}: expected a positive int.")
+        self._validate_index()
         mb = self.external_data_threshold_mb
         if mb is not None and not 0 <= mb <= 1024:
             raise ExportError(
                 f"Invalid external data threshold {mb!r} MB: expected 0..1024 "
                 "(a protobuf file is limited to 2 GB)."
             )
+
+    def _validate_index(self) -> None:
+        if self.index not in contract.INDEXES:
+            raise ExportError(
+                f"Unknown index {self.index!r}: expected one of {contract.INDEXES}.")
+        if self.index == contract.INDEX_EXACT:
+            given = [f"{n}={getattr(self, n)!r}" for n in ("nlist", "nprobe")
+                     if getattr(self, n) is not None]
+            if given:
+                raise ExportError(f"{', '.join(given)} only apply to an IVF index: add "
+                                  "index='ivf' (--index ivf) or leave them out.")
+            return
+        if self.graph == contract.GRAPH_RERANK:
+            raise ExportError("index='ivf' is an index of the retrieve graph; the rerank "
+                              "graph scores only its candidates. Export graph='retrieve' "
+                              "or 'both'.")
+        problems = self.ivf_settings().problems()
+        if problems:
+            raise ExportError("Invalid IVF settings: " + "; ".join(problems) + ".")
+
+    def ivf_settings(self) -> Any:
+        """The `export.onnx.ivf_index.IvfSettings` of these options."""
+        from export.onnx.ivf_index import IvfSettings
+
+        return IvfSettings(nlist=self.nlist, nprobe=self.nprobe,
+                           target_recall=self.target_recall)
+
+    def index_of(self, kind: str) -> str:
+        """The retrieval index of the ``kind`` graph (the rerank graph is always exact)."""
+        return self.index if kind == contract.GRAPH_RETRIEVE else contract.INDEX_EXACT
 
     def model_names(self) -> list[tuple[str, str]]:
         """``(model name, graph kind)`` of every model this export publishes."""
@@ -384,26 +430,28 @@ def _stage_graph(
     # Built first: a bad serving option (e.g. instances=0) fails before any conversion.
     config = build_model_config(
         name=staging.paths.model_dir.name, graph_kind=kind, backend=options.backend,
-        id_kind=job.id_kind, k=options.k, **options.serving(),
+        id_kind=job.id_kind, k=options.k, index=options.index_of(kind), **options.serving(),
     )
     _check_shared_config(staging, config)
-    converted, session = _convert_and_check(job, weights, staging, kind)
-    parity = _verify_parity(job, weights, keras_cases, session, kind)
+    converted, session, ivf = _convert_and_check(job, weights, staging, kind)
+    parity = _verify_parity(job, weights, keras_cases, session, kind, ivf)
     session = None  # free the session's copy of the weights before the next graph
     gc.collect()
 
     for vocabulary in job.vocabularies:
         vocabulary.write(staging.dir)
-    _write_perf_data(job, staging.dir, kind)
+    _write_perf_data(job, staging.dir, kind, options.index_of(kind))
     if options.backend == BACKEND_PYTHON:
         _ship_python_backend(staging.dir)
     staging.config_text = config_to_text(config)
     manifest = _manifest(job, converted, kind, weights, parity)
     manifest["vocabularies"] = {v.target: v.origin for v in job.vocabularies}
     manifest["id_kind"] = job.id_kind
+    manifest["index"] = ivf.facts if ivf is not None else {"index": contract.INDEX_EXACT}
     (staging.dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return PublishedModel(staging.paths.model_dir.name, kind, version,
-                          staging.paths.version_dir, converted.external_data, parity)
+                          staging.paths.version_dir, converted.external_data, parity,
+                          manifest["index"])
 
 
 def _plan_ids(job: _Job) -> None:
@@ -428,7 +476,7 @@ def _plan_ids(job: _Job) -> None:
     job.id_maps, job.id_kind = (users, items), id_kind(items)
 
 
-def _write_perf_data(job: _Job, folder: Path, kind: str) -> None:
+def _write_perf_data(job: _Job, folder: Path, kind: str, index: str) -> None:
     """perf_analyzer's ``--input-data`` file with valid ids of this version."""
     from export.triton.perf_data import PERF_ANALYZER_FILE, write_perf_analyzer_data
 
@@ -440,7 +488,7 @@ def _write_perf_data(job: _Job, folder: Path, kind: str) -> None:
         users = Vocabulary(list(range(min(job.archive.num_users, 1000))))
         items = Vocabulary(list(range(min(job.archive.num_items, 100_000))))
     write_perf_analyzer_data(folder / PERF_ANALYZER_FILE, kind, users, items,
-                             raw=job.id_maps is not None)
+                             raw=job.id_maps is not None, index=index)
 
 
 def _check_shared_config(staging: StagedVersion, config: Any) -> None:
@@ -454,9 +502,12 @@ def _check_shared_config(staging: StagedVersion, config: Any) -> None:
     if others <= {int(staging.paths.version_dir.name)} and staging.replace:
         return  # --force over the only version: the model is redefined, nothing else serves
     current = config_from_text(path.read_text(encoding="utf-8"))
-    old, new = model_parameters(current), model_parameters(config)
+    # Configs written before IVF existed have no index parameter: they are exact.
+    unset = {contract.PARAM_INDEX: contract.INDEX_EXACT}
+    old, new = ({**unset, **model_parameters(c)} for c in (current, config))
     differ = {key: (old.get(key), new.get(key))
-              for key in (contract.PARAM_GRAPH_KIND, contract.PARAM_K, contract.PARAM_ID_KIND)
+              for key in (contract.PARAM_GRAPH_KIND, contract.PARAM_K, contract.PARAM_ID_KIND,
+                          contract.PARAM_INDEX)
               if old.get(key) != new.get(key)}
     if current.backend != config.backend:
         differ["backend"] = (current.backend, config.backend)
@@ -486,22 +537,35 @@ def _ship_python_backend(version_dir: Path) -> None:
 
 
 def _convert_and_check(job: _Job, weights: Any, staging: StagedVersion,
-                       kind: str) -> tuple[Any, Any]:
-    """tf2onnx conversion into the staging folder, then onnx.checker + an onnxruntime load."""
-    from export.onnx.convert import ConversionError, convert_graph, load_session
-    from export.onnx.graphs import serving_graph
+                       kind: str) -> tuple[Any, Any, Any]:
+    """Conversion into the staging folder, then onnx.checker + an onnxruntime load.
+
+    Returns ``(converted, session, ivf)``; ``ivf`` is the `export.onnx.ivf_convert.IvfBuild`
+    of an IVF retrieve graph, else None.
+    """
+    from export.onnx.convert import ConversionError, load_session
 
     start = time.perf_counter()
-    graph = serving_graph(weights, kind, job.options.k)
+    ivf = None
     try:
-        converted = convert_graph(graph, staging.dir,
-                                  external_threshold_bytes=job.options.external_threshold_bytes(),
-                                  vocabularies=job.id_maps)
+        if job.options.index_of(kind) == contract.INDEX_IVF:
+            from export.onnx.ivf_convert import convert_ivf
+
+            ivf = convert_ivf(weights, staging.dir, k=job.options.k,
+                              settings=job.options.ivf_settings(), vocabularies=job.id_maps,
+                              external_threshold_bytes=job.options.external_threshold_bytes())
+            converted = ivf.converted
+        else:
+            converted = _convert_exact(job, weights, staging, kind)
     except ConversionError as error:
         raise ExportError(str(error)) from error
     storage = "external data" if converted.external_data else "inline weights"
+    what = "" if ivf is None else (
+        f", IVF {ivf.facts['num_lists']} lists (nlist {ivf.facts['nlist']}), default nprobe "
+        f"{ivf.nprobe}: recall@{job.options.k} {ivf.facts['sample_recall']} vs exact on "
+        "sampled users")
     job.report("convert", f"convert_{kind}", start,
-               f"{kind}: {converted.path.name} ({storage})")
+               f"{kind}: {converted.path.name} ({storage}{what})")
 
     start = time.perf_counter()
     try:
@@ -509,12 +573,27 @@ def _convert_and_check(job: _Job, weights: Any, staging: StagedVersion,
     except ConversionError as error:
         raise ExportError(str(error)) from error
     job.report("check", f"check_{kind}", start, f"{kind}: onnx.checker + onnxruntime load OK")
-    return converted, session
+    return converted, session, ivf
+
+
+def _convert_exact(job: _Job, weights: Any, staging: StagedVersion, kind: str) -> Any:
+    """tf2onnx conversion of the exact ``kind`` graph (raises ConversionError)."""
+    from export.onnx.convert import convert_graph
+    from export.onnx.graphs import serving_graph
+
+    graph = serving_graph(weights, kind, job.options.k)
+    return convert_graph(graph, staging.dir,
+                         external_threshold_bytes=job.options.external_threshold_bytes(),
+                         vocabularies=job.id_maps)
 
 
 def _verify_parity(job: _Job, weights: Any, keras_cases: list[tuple], session: Any,
-                   kind: str) -> dict[str, Any]:
-    """The served graph vs the layers (valid and invalid ids) and vs ``model()``."""
+                   kind: str, ivf: Any = None) -> dict[str, Any]:
+    """The served graph vs the layers (valid and invalid ids) and vs ``model()``.
+
+    An IVF graph is checked against the numpy reference of its own index, with mixed
+    per-row ``nprobe`` values (its recall against exact is in ``ivf.facts``).
+    """
     from export.parity import (
         check_parity,
         parity_cases,
@@ -532,6 +611,8 @@ def _verify_parity(job: _Job, weights: Any, keras_cases: list[tuple], session: A
         return reference(weights, *case.values(), k=k)
 
     cases = parity_cases(kind, weights.num_users, weights.num_items, k)
+    if ivf is not None:
+        ref, cases = ivf.reference, ivf.with_nprobe(cases)
     report = check_parity(run, ref, cases)
     keras_diff = _keras_rerank_diff(keras_cases, run, k) if kind == contract.GRAPH_RERANK else None
     line = report.summary()

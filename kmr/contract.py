@@ -22,6 +22,9 @@ GRAPH_KINDS = (GRAPH_RERANK, GRAPH_RETRIEVE)
 USER_ID = "user_id"  # wire [B, 1]
 ITEM_IDS = "item_ids"  # rerank: [B, N] candidate ids
 EXCLUDE_ITEM_IDS = "exclude_item_ids"  # retrieve: [B, M] ids to skip (unknown ids: ignored)
+# IVF retrieve only: INT64 [B, 1], lists each row probes; <= 0: the exported default,
+# above the version's list count: every list (exact).
+NPROBE = "nprobe"
 
 # Outputs.
 TOP_ITEM_IDS = "top_item_ids"  # [B, k] raw ids (index graphs: indices); PAD_* in empty slots
@@ -38,6 +41,23 @@ OUTPUTS = {
     GRAPH_RETRIEVE: (TOP_ITEM_IDS, TOP_SCORES, NUM_RESULTS),
 }
 OPTIONAL_INPUTS = {GRAPH_RERANK: (), GRAPH_RETRIEVE: (EXCLUDE_ITEM_IDS,)}
+
+# Retrieval indexes of a retrieve model (config parameter PARAM_INDEX). "exact" scores
+# every item; "ivf" scores the items of the `NPROBE` lists whose centroids score best.
+INDEX_EXACT = "exact"
+INDEX_IVF = "ivf"
+INDEXES = (INDEX_EXACT, INDEX_IVF)
+
+
+def inputs_of(kind: str, index: str = INDEX_EXACT) -> tuple[str, ...]:
+    """The served graph's inputs in order: `INPUTS` plus `NPROBE` for an IVF graph.
+
+    Example:
+        >>> inputs_of(GRAPH_RETRIEVE, INDEX_IVF)
+        ('user_id', 'exclude_item_ids', 'nprobe')
+    """
+    return INPUTS[kind] + ((NPROBE,) if index == INDEX_IVF else ())
+
 
 # The value a served graph puts in an id slot that holds no valid item: padding when
 # N < k, a candidate that was out of range, or every slot of an out-of-range user.
@@ -69,6 +89,7 @@ PARAM_MAX_EXCLUDE = "max_exclude"
 PARAM_USER_VOCAB = "user_vocabulary"
 PARAM_ITEM_VOCAB = "item_vocabulary"
 PARAM_ID_KIND = "id_kind"
+PARAM_INDEX = "index"  # retrieve models: one of INDEXES; absent means INDEX_EXACT
 
 # File names inside a trained-artifacts folder and a model repository.
 TRITON_CONFIG_FILE = "config.pbtxt"

@@ -44,6 +44,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ids", choices=ID_MODES, default="raw",
                         help="raw (default): the vocabularies are baked into the served graph, "
                         "which speaks raw ids; index: dense indices (you map ids yourself)")
+    parser.add_argument("--index", choices=contract.INDEXES, default=contract.INDEX_EXACT,
+                        help="retrieve graph: exact (default, every item scored) or ivf "
+                        "(approximate: k-means lists, a request scores its nprobe best lists)")
+    parser.add_argument("--nlist", type=int, default=None,
+                        help="--index ivf: k-means clusters (default about 4 sqrt(items))")
+    parser.add_argument("--nprobe", type=int, default=None,
+                        help="--index ivf: default lists per request, which a request may "
+                        "override (default: the smallest reaching --target-recall)")
+    parser.add_argument("--target-recall", type=float, default=0.95,
+                        help="--index ivf: recall@k vs exact the default nprobe must reach "
+                        "on 256 sampled users (default 0.95)")
     parser.add_argument("--external-data-threshold-mb", type=float, default=None,
                         help="weights above this total size go to model.onnx.data "
                         "(default 64; 0 forces external data)")
@@ -75,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
             user_vocabulary=args.user_vocabulary,
             item_vocabulary=args.item_vocabulary,
             ids=args.ids,
+            index=args.index,
+            nlist=args.nlist,
+            nprobe=args.nprobe,
+            target_recall=args.target_recall,
         ),
         progress=progress,
     )
@@ -88,5 +103,9 @@ def run(args: argparse.Namespace) -> int:
             f"  parity: max |score diff| {p['max_abs_score_diff']:.3g}, "
             f"top-k ids equal: {'yes' if p['ids_equal'] else 'no'}"
         )
+        if model.index.get("index") == contract.INDEX_IVF:
+            i = model.index
+            print(f"  ivf: {i['num_lists']} lists, default nprobe {i['nprobe']}, "
+                  f"recall@{args.k} {i['sample_recall']} vs exact on sampled users")
     print(f"done in {time.perf_counter() - started:.1f} s")
     return 0

@@ -141,8 +141,12 @@ def _relaxed_signature(graph: ServingGraph) -> list[tf.TensorSpec]:
     ]
 
 
-def check_onnx(path: str | os.PathLike[str], kind: str) -> None:
+def check_onnx(path: str | os.PathLike[str], kind: str, *,
+               index: str = contract.INDEX_EXACT) -> None:
     """Runs ``onnx.checker`` by path and checks the contract's input/output names.
+
+    ``index`` is the retrieval index (`kmr.contract.INDEXES`): an IVF graph has the
+    extra ``nprobe`` input (`kmr.contract.inputs_of`).
 
     Raises:
         ConversionError: The checker failed or the names differ from `kmr.contract`.
@@ -154,9 +158,10 @@ def check_onnx(path: str | os.PathLike[str], kind: str) -> None:
     model = onnx.load(str(path), load_external_data=False)
     inputs = tuple(i.name for i in model.graph.input)
     outputs = tuple(o.name for o in model.graph.output)
-    if inputs != contract.INPUTS[kind] or outputs != contract.OUTPUTS[kind]:
+    expected = contract.inputs_of(kind, index)
+    if inputs != expected or outputs != contract.OUTPUTS[kind]:
         raise ConversionError(
-            f"{path}: expected inputs {contract.INPUTS[kind]} and outputs "
+            f"{path}: expected inputs {expected} and outputs "
             f"{contract.OUTPUTS[kind]}. Received: inputs {inputs}, outputs {outputs}"
         )
 

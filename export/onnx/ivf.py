@@ -6,10 +6,13 @@ Same contract as the exact dense-index retrieve graph (`export.onnx.graphs`), so
 
 * inputs ``user_id`` INT64 ``[B]`` (out of range -> an all -1 / -inf row),
   ``exclude_item_ids`` INT64 ``[B, M]`` (or ``[1, M]``, broadcast; -1 and out-of-range
-  ids ignored) and the *optional* ``nprobe`` INT64 ``[1]``: an input backed by an
-  initializer holding the exported default, so a request may leave it out (onnxruntime:
-  an "overridable initializer"). It is clamped to ``[1, num_lists]`` (0 -> 1, too large
-  -> every list, i.e. exact).
+  ids ignored) and ``nprobe`` INT64 ``[B]`` (or ``[1]``, broadcast): how many lists each
+  row probes. A plain input, not an initializer: Triton's onnxruntime backend refuses
+  optional inputs on a batching model, so a caller always sends it, and ``<= 0`` means
+  the exported default. Larger values are clamped to ``num_lists`` (every list: exact).
+  Rows of one batch may ask for different values: the batch probes the largest and
+  each row ignores the lists beyond its own ``nprobe``, so a row's answer never depends
+  on the other rows Triton batched it with.
 * outputs ``top_item_ids`` INT64 ``[B, k]`` (-1 in empty slots), ``top_scores`` FP32
   ``[B, k]`` (-inf in empty slots).
 
@@ -33,7 +36,8 @@ Example:
     >>> sess = ort.InferenceSession(proto.SerializeToString(),
     ...                             providers=["CPUExecutionProvider"])
     >>> ids, _ = sess.run(None, {"user_id": np.array([0, 9]),
-    ...                          "exclude_item_ids": np.full((2, 1), -1)})
+    ...                          "exclude_item_ids": np.full((2, 1), -1),
+    ...                          "nprobe": np.array([0, 0])})
     >>> ids[1].tolist(), ids[0].tolist() == exact_topk(users, items, np.array([0]), k=3,
     ...     normalization="sqrt_dim")[0][0].tolist()
     ([-1, -1, -1], True)
@@ -64,7 +68,7 @@ __all__ = ["NPROBE", "IvfIndex", "build_index", "build_ivf_retrieve", "choose_np
            "default_nlist", "exact_topk", "ivf_graph", "ivf_reference", "recall_at_k",
            "save_ivf"]
 
-NPROBE = "nprobe"  # optional request input, INT64 [1]
+NPROBE = contract.NPROBE  # request input, INT64 [B]; <= 0: the exported default
 OPSET = 17
 IR_VERSION = 8  # opset 17's IR: loads in older Triton onnxruntime backends too
 DEFAULT_EXTERNAL_THRESHOLD_BYTES = 64 << 20
@@ -78,25 +82,29 @@ def _const(name: str, value: np.ndarray | float | int, dtype: type) -> onnx.Tens
     return numpy_helper.from_array(np.asarray(value, dtype), f"{_P}{name}")
 
 
-def _constants(index: IvfIndex, num_users: int, k: int) -> list[onnx.TensorProto]:
+def _constants(index: IvfIndex, num_users: int, k: int,
+               nprobe: int) -> list[onnx.TensorProto]:
     dim = index.blocks.shape[2]
     return [
         _const("zero", 0, np.int64), _const("one", 1, np.int64),
         _const("minus1", -1, np.int64), _const("one_1d", [1], np.int64),
         _const("num_users", num_users, np.int64), _const("num_items", index.num_items, np.int64),
-        _const("num_lists_1d", [index.num_lists], np.int64),
+        _const("num_lists", index.num_lists, np.int64),
+        _const("default_nprobe", nprobe, np.int64),
         _const("block", index.block_size, np.int64), _const("k_1d", [k], np.int64),
         _const("neg_inf", -np.inf, np.float32), _const("eps", 1e-12, np.float32),
         _const("scale", 1.0 / math.sqrt(dim), np.float32),
-        _const("shape_b_rows_d", [0, -1, dim], np.int64), _const("shape_b_rows", [0, -1],
-                                                                 np.int64),
+        _const("d_1d", [dim], np.int64),
         _const("axis1", [1], np.int64), _const("axis2", [2], np.int64),
-        _const("axis0", [0], np.int64),
+        _const("axis0", [0], np.int64), _const("block_1d", [index.block_size], np.int64),
     ]
 
 
+_REQUEST_INPUTS = (contract.USER_ID, contract.EXCLUDE_ITEM_IDS, NPROBE)
+
+
 def _n(op: str, inputs: list[str], outputs: list[str], **attrs) -> onnx.NodeProto:
-    return helper.make_node(op, [i if i.startswith(("user_id", "exclude", "nprobe")) or not i
+    return helper.make_node(op, [i if i in _REQUEST_INPUTS or not i
                                  else f"{_P}{i}" for i in inputs],
                             [o if o in (contract.TOP_ITEM_IDS, contract.TOP_SCORES)
                              else f"{_P}{o}" for o in outputs], **attrs)
@@ -105,6 +113,7 @@ def _n(op: str, inputs: list[str], outputs: list[str], **attrs) -> onnx.NodeProt
 def _user_nodes(cosine: bool) -> list[onnx.NodeProto]:
     """``user_id`` -> ``user_ok`` [B] and scoring-space rows ``u`` [B, D]."""
     nodes = [
+        _n("Shape", ["user_id"], ["b_1d"]),
         _n("GreaterOrEqual", ["user_id", "zero"], ["u_ge"]),
         _n("Less", ["user_id", "num_users"], ["u_lt"]),
         _n("And", ["u_ge", "u_lt"], ["user_ok"]),
@@ -123,11 +132,23 @@ def _user_nodes(cosine: bool) -> list[onnx.NodeProto]:
 
 
 def _probe_nodes() -> list[onnx.NodeProto]:
-    """Centroid scores, clamped nprobe ``p``, probed lists ``probe`` [B, p], their scores."""
+    """Centroid scores, each row's clamped nprobe ``p_rows`` [B], the batch's ``p``, probed
+    lists ``probe`` [B, p] and their candidates' scores, lists beyond a row's own
+    nprobe masked like padding."""
     return [
         _n("MatMul", ["u", "centroids_t"], ["c_scores"]),
-        _n("Max", ["nprobe", "one_1d"], ["p_lo"]),
-        _n("Min", ["p_lo", "num_lists_1d"], ["p_1d"]),
+        _n("LessOrEqual", ["nprobe", "zero"], ["p_unset"]),
+        _n("Where", ["p_unset", "default_nprobe", "nprobe"], ["p_asked"]),
+        _n("Min", ["p_asked", "num_lists"], ["p_hi"]),
+        _n("Max", ["p_hi", "one"], ["p_clamped"]),
+        _n("Expand", ["p_clamped", "b_1d"], ["p_rows"]),  # [B]
+        _n("ReduceMax", ["p_rows"], ["p_max"], keepdims=1),  # [1]
+        _n("Max", ["p_max", "one_1d"], ["p_1d"]),  # B = 0 -> 1
+        _n("Squeeze", ["p_1d", "axis0"], ["p"]),
+        # explicit shapes: a [0, -1] Reshape is ambiguous for an empty batch
+        _n("Mul", ["p_1d", "block_1d"], ["rows_1d"]),
+        _n("Concat", ["b_1d", "rows_1d"], ["shape_b_rows"], axis=0),
+        _n("Concat", ["b_1d", "rows_1d", "d_1d"], ["shape_b_rows_d"], axis=0),
         _n("TopK", ["c_scores", "p_1d"], ["probe_scores", "probe"], axis=1, largest=1,
            sorted=1),
         _n("Gather", ["blocks", "probe"], ["g_blocks"], axis=0),  # [B, p, S, D]
@@ -138,14 +159,22 @@ def _probe_nodes() -> list[onnx.NodeProto]:
         _n("Gather", ["block_ids", "probe"], ["g_ids"], axis=0),
         _n("Reshape", ["g_ids", "shape_b_rows"], ["cand_ids"]),
         _n("Less", ["cand_ids", "zero"], ["is_pad"]),
-        _n("Where", ["is_pad", "neg_inf", "cand_scores"], ["cand_masked"]),
+        # rank r of row b is beyond that row's nprobe: r >= p_rows[b]
+        _n("Range", ["zero", "p", "one"], ["ranks"]),
+        _n("Unsqueeze", ["p_rows", "axis1"], ["p_col"]),  # [B, 1]
+        _n("GreaterOrEqual", ["ranks", "p_col"], ["beyond"]),  # [B, p]
+        _n("Unsqueeze", ["beyond", "axis2"], ["beyond3"]),
+        _n("Concat", ["b_1d", "p_1d", "block_1d"], ["beyond_shape"], axis=0),
+        _n("Expand", ["beyond3", "beyond_shape"], ["beyond_slots3"]),  # [B, p, S]
+        _n("Reshape", ["beyond_slots3", "shape_b_rows"], ["beyond_slots"]),
+        _n("Or", ["is_pad", "beyond_slots"], ["dropped"]),
+        _n("Where", ["dropped", "neg_inf", "cand_scores"], ["cand_masked"]),
     ]
 
 
 def _tail_nodes() -> list[onnx.NodeProto]:
     """k trailing (-inf, -1) columns: TopK never runs short, and a sink for exclusions."""
     return [
-        _n("Shape", ["user_id"], ["b_1d"]),
         _n("Concat", ["b_1d", "k_1d"], ["tail_shape"], axis=0),
         helper.make_node("ConstantOfShape", [f"{_P}tail_shape"], [f"{_P}tail_s"],
                          value=numpy_helper.from_array(np.array([-np.inf], np.float32))),
@@ -169,10 +198,9 @@ def _exclusion_nodes() -> list[onnx.NodeProto]:
         _n("Div", ["ex_loc", "block"], ["ex_list"]),
         _n("Mod", ["ex_loc", "block"], ["ex_slot"]),
         # rank_map[b, list] = probe rank of list (num_lists when not probed)
+        _n("Unsqueeze", ["num_lists", "axis0"], ["num_lists_1d"]),
         _n("Concat", ["b_1d", "num_lists_1d"], ["rank_shape"], axis=0),
         _n("Expand", ["num_lists_1d", "rank_shape"], ["rank_init"]),
-        _n("Squeeze", ["p_1d", "axis0"], ["p"]),
-        _n("Range", ["zero", "p", "one"], ["ranks"]),
         _n("Unsqueeze", ["ranks", "axis0"], ["ranks_row"]),
         _n("Shape", ["probe"], ["shape_of_probe"]),
         _n("Expand", ["ranks_row", "shape_of_probe"], ["ranks_b"]),
@@ -219,7 +247,8 @@ def ivf_graph(index: IvfIndex, user_table: np.ndarray, *, k: int, nprobe: int,
         index: The item index (`build_index`).
         user_table: ``[num_users, D]`` as trained.
         k: Results per row (> 0).
-        nprobe: The default of the optional ``nprobe`` input (stored clamped).
+        nprobe: The exported default, used where a row's ``nprobe`` is <= 0 (stored
+            clamped to ``[1, num_lists]``).
         tables: Inline the tables as initializers; False leaves them out (`save_ivf`
             adds them, inline or as external data).
 
@@ -235,11 +264,10 @@ def ivf_graph(index: IvfIndex, user_table: np.ndarray, *, k: int, nprobe: int,
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise ValueError(f"Invalid value received for argument `k`. Expected a positive int. "
                          f"Received: k={k!r}")
-    default = np.array([min(max(int(nprobe), 1), index.num_lists)], np.int64)
+    default = min(max(int(nprobe), 1), index.num_lists)
     nodes = (_user_nodes(index.normalization == "cosine") + _probe_nodes() + _tail_nodes()
              + _exclusion_nodes() + _output_nodes())
-    inits = _constants(index, int(user_table.shape[0]), k)
-    inits.append(numpy_helper.from_array(default, NPROBE))
+    inits = _constants(index, int(user_table.shape[0]), k, default)
     if tables:
         inits += [numpy_helper.from_array(v, name)
                   for name, v in ivf_tables(index, user_table).items()]
@@ -249,7 +277,7 @@ def ivf_graph(index: IvfIndex, user_table: np.ndarray, *, k: int, nprobe: int,
         [helper.make_tensor_value_info(contract.USER_ID, i64, ["batch"]),
          helper.make_tensor_value_info(contract.EXCLUDE_ITEM_IDS, i64, ["exclude_batch",
                                                                          "num_exclude"]),
-         helper.make_tensor_value_info(NPROBE, i64, [1])],
+         helper.make_tensor_value_info(NPROBE, i64, ["nprobe_batch"])],
         [helper.make_tensor_value_info(contract.TOP_ITEM_IDS, i64, ["batch", k]),
          helper.make_tensor_value_info(contract.TOP_SCORES, f32, ["batch", k])],
         initializer=inits)
@@ -257,7 +285,7 @@ def ivf_graph(index: IvfIndex, user_table: np.ndarray, *, k: int, nprobe: int,
                               producer_name="kmr-export", ir_version=IR_VERSION)
     proto.doc_string = (f"kmr ivf retrieve graph, k={k}, nlist={index.nlist}, "
                         f"num_lists={index.num_lists}, block_size={index.block_size}, "
-                        f"nprobe={int(default[0])}, normalization={index.normalization}")
+                        f"nprobe={default}, normalization={index.normalization}")
     return proto
 
 

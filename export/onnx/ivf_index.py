@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 NORMALIZATIONS = ("sqrt_dim", "cosine")
+DEFAULT_TARGET_RECALL = 0.95
 _EPS = np.float32(1e-12)  # the similarity layer's (and the exact graph's) norm floor
 _MAX_NLIST = 65_536
 
@@ -63,6 +64,45 @@ class IvfIndex:
     @property
     def num_items(self) -> int:
         return int(self.item_loc.shape[0])
+
+
+@dataclass(frozen=True)
+class IvfSettings:
+    """How to build the IVF index (every field has a size-based or measured default).
+
+    Attributes:
+        nlist: k-means clusters; default `export.onnx.ivf_index.default_nlist` (about
+            4 sqrt(N)). At most the item count.
+        nprobe: The graph's default lists per row; default the smallest value whose
+            recall@k against exact reaches ``target_recall`` on 256 sampled users.
+        target_recall: What the default nprobe must reach (0 < r <= 1).
+        seed: k-means and sampling seed (the same seed gives the same index).
+    """
+
+    nlist: int | None = None
+    nprobe: int | None = None
+    target_recall: float = DEFAULT_TARGET_RECALL
+    seed: int = 0
+
+    def problems(self, num_items: int | None = None) -> list[str]:
+        """What is wrong with these settings (empty when valid).
+
+        Example:
+            >>> IvfSettings(nlist=0, target_recall=1.5).problems()
+            ['nlist=0: expected a positive int', 'target_recall=1.5: expected 0 < r <= 1']
+        """
+        out = []
+        for name in ("nlist", "nprobe"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                out.append(f"{name}={value!r}: expected a positive int")
+        if not isinstance(self.target_recall, (int, float)) or not 0 < self.target_recall <= 1:
+            out.append(f"target_recall={self.target_recall!r}: expected 0 < r <= 1")
+        if (num_items is not None and isinstance(self.nlist, int)
+                and self.nlist > num_items):
+            out.append(f"nlist={self.nlist}: the model has only {num_items} items")
+        return out
 
 
 def default_nlist(num_items: int) -> int:
@@ -191,11 +231,12 @@ def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
 
 def ivf_reference(index: IvfIndex, user_table: np.ndarray, user_id: np.ndarray,
-                  exclude_item_ids: np.ndarray, *, k: int,
-                  nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+                  exclude_item_ids: np.ndarray, *, k: int, nprobe: int | np.ndarray,
+                  default_nprobe: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The IVF graph's answer in numpy: same index, same probing, same tie rules.
 
-    ``nprobe`` is clamped to ``[1, num_lists]``; lists are probed in descending centroid
+    ``nprobe`` is one value or one per row; ``<= 0`` means ``default_nprobe``, and every
+    value is clamped to ``[1, num_lists]``. Lists are probed in descending centroid
     score (ties to the lower list), ties between items go to the earlier probed position.
 
     Returns:
@@ -215,13 +256,14 @@ def ivf_reference(index: IvfIndex, user_table: np.ndarray, user_id: np.ndarray,
     user_id = np.asarray(user_id, np.int64)
     exclude = np.broadcast_to(np.asarray(exclude_item_ids, np.int64),
                               (user_id.shape[0], np.shape(exclude_item_ids)[1]))
-    p = int(np.clip(nprobe, 1, index.num_lists))
+    asked = np.broadcast_to(np.asarray(nprobe, np.int64), user_id.shape)
+    rows_p = np.clip(np.where(asked <= 0, default_nprobe, asked), 1, index.num_lists)
     out_ids = np.full((user_id.shape[0], k), -1, np.int64)
     out_scores = np.full((user_id.shape[0], k), -np.inf, np.float32)
     ok = _rows_in_range(user_id, user_table.shape[0])
     for b in np.flatnonzero(ok):
         u = scoring_users(user_table[user_id[b]][None], index.normalization)[0]
-        probe = np.argsort(-(index.centroids @ u), kind="stable")[:p]
+        probe = np.argsort(-(index.centroids @ u), kind="stable")[:rows_p[b]]
         ids = index.block_ids[probe].ravel()
         scores = index.blocks[probe].reshape(-1, u.shape[0]) @ u
         dropped = (ids < 0) | np.isin(ids, _valid_exclusions(exclude[b], index.num_items))

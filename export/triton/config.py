@@ -84,6 +84,21 @@ def _add_input(
     tensor.allow_ragged_batch = ragged
 
 
+def _check_kinds(graph_kind: str, id_kind: str, index: str) -> None:
+    """ValueError naming a bad ``id_kind`` or ``index`` of `build_model_config`."""
+    if id_kind not in contract.ID_KINDS:
+        raise ValueError(
+            f"Invalid value received for argument `id_kind`. Expected one of "
+            f"{contract.ID_KINDS}. Received: id_kind={id_kind!r}"
+        )
+    if index not in contract.INDEXES or (index == contract.INDEX_IVF
+                                          and graph_kind != contract.GRAPH_RETRIEVE):
+        raise ValueError(
+            f"Invalid value received for argument `index`. Expected one of "
+            f"{contract.INDEXES} ('ivf' for retrieve graphs only). Received: index={index!r} "
+            f"for graph_kind={graph_kind!r}")
+
+
 def _check_config_args(graph_kind: str, backend: str, max_queue_delay_us: int,
                        preferred_batch_sizes: Sequence[int] | None, *, max_batch_size: int,
                        **positive: int) -> None:
@@ -114,7 +129,7 @@ def _check_config_args(graph_kind: str, backend: str, max_queue_delay_us: int,
 
 
 def _add_inputs_with_warmup(config: mc.ModelConfig, graph_kind: str, python: bool,
-                            max_candidates: int, id_type: int) -> None:
+                            max_candidates: int, id_type: int, index: str) -> None:
     """The graph's inputs in contract order, and one warm-up request (zero / empty ids)."""
     # The onnxruntime graph takes user_id [B]: dims [1] reshaped to []. The python backend
     # gets [B, 1] unreshaped: Triton 2.51's python backend SIGSEGVs on a batch-0 request
@@ -138,6 +153,13 @@ def _add_inputs_with_warmup(config: mc.ModelConfig, graph_kind: str, python: boo
         warmup.inputs[contract.EXCLUDE_ITEM_IDS].CopyFrom(
             mc.ModelWarmup.Input(data_type=id_type, dims=[1], zero_data=True)
         )
+    if index == contract.INDEX_IVF:
+        # Required by the onnxruntime backend (it refuses optional inputs on a batching
+        # model); 0 asks for the exported default, so model.py sends 0 when it is missing.
+        _add_input(config, contract.NPROBE, [1], mc.TYPE_INT64, scalar=not python,
+                   optional=python)
+        warmup.inputs[contract.NPROBE].CopyFrom(
+            mc.ModelWarmup.Input(data_type=mc.TYPE_INT64, dims=[1], zero_data=True))
 
 
 def build_model_config(
@@ -154,6 +176,7 @@ def build_model_config(
     max_exclude: int = contract.DEFAULT_MAX_EXCLUDE,
     preferred_batch_sizes: Sequence[int] | None = None,
     intra_op_threads: int = 1,
+    index: str = contract.INDEX_EXACT,
 ) -> mc.ModelConfig:
     """Builds the ``ModelConfig`` of one served graph.
 
@@ -175,6 +198,9 @@ def build_model_config(
         max_exclude: Most exclude ids a retrieve request may send.
         preferred_batch_sizes: Optional dynamic batching preferred sizes.
         intra_op_threads: onnxruntime intra-op threads (python backend only).
+        index: ``"exact"`` or ``"ivf"`` (retrieve only): an IVF model has the ``nprobe``
+            input and records ``index: ivf``. Its list count and default nprobe are facts
+            of a version (``export_manifest.json``).
 
     Returns:
         The configuration message.
@@ -192,6 +218,7 @@ def build_model_config(
                        max_batch_size=max_batch_size, k=k,
                        instance_count=instance_count, max_candidates=max_candidates,
                        max_exclude=max_exclude, intra_op_threads=intra_op_threads)
+    _check_kinds(graph_kind, id_kind, index)
     python = backend == BACKEND_PYTHON
     config = mc.ModelConfig(name=name, max_batch_size=max_batch_size)
     if python:
@@ -201,13 +228,8 @@ def build_model_config(
         config.backend = BACKEND_ONNXRUNTIME
         config.default_model_filename = contract.ONNX_FILE
 
-    if id_kind not in contract.ID_KINDS:
-        raise ValueError(
-            f"Invalid value received for argument `id_kind`. Expected one of "
-            f"{contract.ID_KINDS}. Received: id_kind={id_kind!r}"
-        )
     id_type = mc.TYPE_STRING if id_kind == contract.IDS_STR else mc.TYPE_INT64
-    _add_inputs_with_warmup(config, graph_kind, python, max_candidates, id_type)
+    _add_inputs_with_warmup(config, graph_kind, python, max_candidates, id_type, index)
     for out in contract.OUTPUTS[graph_kind]:
         dtype = {contract.TOP_SCORES: mc.TYPE_FP32, contract.TOP_ITEM_IDS: id_type}.get(
             out, mc.TYPE_INT64)
@@ -226,6 +248,8 @@ def build_model_config(
         contract.PARAM_USER_VOCAB: contract.USER_VOCAB_FILE,
         contract.PARAM_ITEM_VOCAB: contract.ITEM_VOCAB_FILE,
     }
+    if index == contract.INDEX_IVF:  # absent means exact (every export before IVF)
+        params[contract.PARAM_INDEX] = index
     if python:
         params[PARAM_INTRA_OP_THREADS] = intra_op_threads
     elif instance_count > 1:

@@ -28,9 +28,13 @@ PERF_ANALYZER_FILE = "perf_analyzer_data.json"
 
 
 def perf_analyzer_data(kind: str, users: Vocabulary, items: Vocabulary, *, raw: bool = True,
-                       requests: int = 16, candidates: int = 100,
-                       seed: int = 0) -> dict[str, Any]:
-    """perf_analyzer's ``--input-data`` JSON: ``requests`` batch-1 requests of valid ids."""
+                       requests: int = 16, candidates: int = 100, seed: int = 0,
+                       index: str = contract.INDEX_EXACT) -> dict[str, Any]:
+    """perf_analyzer's ``--input-data`` JSON: ``requests`` batch-1 requests of valid ids.
+
+    An IVF model also gets ``nprobe`` 0 (its exported default): it is a required input
+    on the onnxruntime backend.
+    """
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(requests):
@@ -44,12 +48,14 @@ def perf_analyzer_data(kind: str, users: Vocabulary, items: Vocabulary, *, raw: 
             contract.INPUTS[kind][1]: {"content": [as_ids(items, i) for i in picked],
                                        "shape": [len(picked)]},
         })
+        if index == contract.INDEX_IVF:
+            rows[-1][contract.NPROBE] = {"content": [0], "shape": [1]}
     return {"data": rows}
 
 
 def write_perf_analyzer_data(path: Path, kind: str, users: Vocabulary, items: Vocabulary,
-                             *, raw: bool) -> Path:
+                             *, raw: bool, index: str = contract.INDEX_EXACT) -> Path:
     """Writes `perf_analyzer_data` for ``kind`` to ``path``."""
-    data = perf_analyzer_data(kind, users, items, raw=raw)
+    data = perf_analyzer_data(kind, users, items, raw=raw, index=index)
     path.write_text(json.dumps(data), encoding="utf-8")
     return path

@@ -36,8 +36,7 @@ def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
 def _run(sess, users, exclude=NONE, nprobe=None):
     feed = {"user_id": np.asarray(users, np.int64), "exclude_item_ids": np.asarray(exclude,
                                                                                 np.int64)}
-    if nprobe is not None:
-        feed["nprobe"] = np.array([nprobe], np.int64)
+    feed["nprobe"] = np.full(len(feed["user_id"]), 0 if nprobe is None else nprobe, np.int64)
     return sess.run(["top_item_ids", "top_scores"], feed)
 
 
@@ -79,11 +78,13 @@ def test_recall_default_and_full_probe(case):
     np.testing.assert_allclose(scores, exact_scores, atol=1e-5, rtol=1e-6)  # |s| ~ 50
 
 
-def test_nprobe_bounds_are_clamped(case):
-    _, _, index, _, sess = case
+def test_nprobe_bounds_are_clamped_and_zero_is_the_default(case):
+    _, _, index, default, sess = case
     users = np.arange(20)
-    np.testing.assert_array_equal(_run(sess, users, nprobe=0)[0], _run(sess, users, nprobe=1)[0])
-    np.testing.assert_array_equal(_run(sess, users, nprobe=-5)[0], _run(sess, users, nprobe=1)[0])
+    assert default > 1
+    at_default = _run(sess, users, nprobe=default)[0]
+    np.testing.assert_array_equal(_run(sess, users, nprobe=0)[0], at_default)
+    np.testing.assert_array_equal(_run(sess, users, nprobe=-5)[0], at_default)
     np.testing.assert_array_equal(_run(sess, users, nprobe=index.num_lists + 7)[0],
                                   _run(sess, users, nprobe=index.num_lists)[0])
 
@@ -137,3 +138,30 @@ def test_empty_exclusions_and_default_nprobe_metadata():
     assert 1 <= int(props["nprobe"]) <= int(props["num_lists"])
     ids, _ = _run(_session(proto), np.arange(3), np.zeros((3, 0), np.int64))
     assert ids.shape == (3, 5) and (ids >= 0).all()
+
+
+def test_each_row_keeps_its_own_nprobe_inside_a_batch(case):
+    """Triton batches requests with different nprobe: no row may see another's lists."""
+    users, _, index, default, sess = case
+    rows = np.arange(12)
+    asked = np.array([1, 2, 0, index.num_lists, 1, 3, -1, 5, 1, 2, 10**6, 1])
+    feed = {"user_id": rows, "exclude_item_ids": NONE, "nprobe": asked}
+    ids, scores = sess.run(["top_item_ids", "top_scores"], feed)
+    for row, p in zip(rows, asked, strict=True):
+        alone = _run(sess, [row], nprobe=int(p))
+        np.testing.assert_array_equal(ids[row], alone[0][0])
+        np.testing.assert_allclose(scores[row], alone[1][0], atol=1e-6, rtol=0)
+    ref_ids, _ = ivf_reference(index, users, rows, NONE, k=K, nprobe=asked,
+                               default_nprobe=default)
+    np.testing.assert_array_equal(ids, ref_ids)
+
+
+def test_broadcast_nprobe_and_empty_batch(case):
+    _, _, _, _, sess = case
+    one = sess.run(["top_item_ids"], {"user_id": np.arange(3), "exclude_item_ids": NONE,
+                                      "nprobe": np.array([2])})[0]
+    np.testing.assert_array_equal(one, _run(sess, np.arange(3), nprobe=2)[0])
+    empty = sess.run(["top_item_ids"], {"user_id": np.zeros(0, np.int64),
+                                        "exclude_item_ids": NONE,
+                                        "nprobe": np.zeros(0, np.int64)})[0]
+    assert empty.shape == (0, K)

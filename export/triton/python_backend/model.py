@@ -9,7 +9,9 @@ our packages are not installed, so it imports only numpy, onnxruntime, json, os 
     <repository>/<name>/<version>/model.onnx
 
 Everything it needs comes from ``args["model_config"]``: input names in contract order
-(the user input first, then the id list), output names and dtypes, and the
+(the user input first, then the id list, then ``nprobe`` for an IVF retrieve model: a
+request may leave it out, which sends 0, the exported default), output names and
+dtypes, and the
 ``parameters`` ``graph_kind``, ``id_kind``, ``k``, ``max_candidates``, ``max_exclude`` and
 ``intra_op_num_threads``.
 
@@ -44,6 +46,7 @@ PARAM_MAX_CANDIDATES = "max_candidates"
 PARAM_MAX_EXCLUDE = "max_exclude"
 PARAM_INTRA_OP_THREADS = "intra_op_num_threads"
 PARAM_ONNX_FILE = "onnx_file"
+NPROBE = "nprobe"  # kmr.contract.NPROBE (IVF retrieve models only)
 GRAPH_RERANK = "rerank"
 GRAPH_RETRIEVE = "retrieve"
 DEFAULT_ONNX_FILE = "model.onnx"
@@ -131,10 +134,12 @@ class TritonPythonModel:
         threads = _int_param(params, PARAM_INTRA_OP_THREADS, 1)
 
         inputs = config["input"]
-        if len(inputs) != 2:
-            raise ValueError(f"expected 2 inputs in the model config, found {len(inputs)}")
-        self.user_name = inputs[0]["name"]
-        self.list_name = inputs[1]["name"]
+        names = [i["name"] for i in inputs]
+        if len(names) not in (2, 3) or (len(names) == 3 and names[2] != NPROBE):
+            raise ValueError(f"expected the inputs (user, id list[, '{NPROBE}']) in the "
+                             f"model config, found {names}")
+        self.user_name, self.list_name = names[:2]
+        self.nprobe_name = names[2] if len(names) == 3 else None
         self.outputs = [
             (out["name"], pb_utils.triton_string_to_numpy(out["data_type"]))
             for out in config["output"]
@@ -152,7 +157,7 @@ class TritonPythonModel:
             path, sess_options=options, providers=["CPUExecutionProvider"]
         )
         graph_inputs = {i.name for i in self.session.get_inputs()}
-        for name in (self.user_name, self.list_name):
+        for name in names:
             if name not in graph_inputs:
                 raise ValueError(
                     f"input '{name}' of the model config is not an input of {path}; "
@@ -160,8 +165,8 @@ class TritonPythonModel:
                 )
         self.output_names = [name for name, _ in self.outputs]
 
-    def _parse(self, request) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (users [b], id list [b, n]) of one request or raises RequestError."""
+    def _parse(self, request) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(users [b], id list [b, n], nprobe [b] or None) of one request, or RequestError."""
         user_tensor = pb_utils.get_input_tensor_by_name(request, self.user_name)
         if user_tensor is None:
             raise RequestError(f"input '{self.user_name}' is missing")
@@ -175,12 +180,36 @@ class TritonPythonModel:
         users = users[:, 0]
         batch = users.shape[0]
 
+        return users, self._id_list(request, batch), self._nprobe(request, batch)
+
+    def _nprobe(self, request, batch: int) -> np.ndarray | None:
+        """The request's ``nprobe`` [b] (0 when left out); None for a model without it.
+
+        Values are the graph's business, as on the onnxruntime backend: <= 0 is the
+        exported default, more than the version's lists probes every list.
+        """
+        if self.nprobe_name is None:
+            return None
+        tensor = pb_utils.get_input_tensor_by_name(request, self.nprobe_name)
+        if tensor is None:
+            return np.zeros(batch, np.int64)
+        values = _to_numpy(tensor)
+        if values.dtype.kind not in "iu":
+            raise RequestError(f"input '{self.nprobe_name}' must be INT64, received "
+                               f"{values.dtype}")
+        if values.shape != (batch, 1):
+            raise RequestError(f"input '{self.nprobe_name}' must have shape [batch={batch}, 1]; "
+                               f"received shape {list(values.shape)}")
+        return values[:, 0].astype(np.int64)
+
+    def _id_list(self, request, batch: int) -> np.ndarray:
+        """The request's candidates (rerank) or exclusions (retrieve) [b, n]."""
         list_tensor = pb_utils.get_input_tensor_by_name(request, self.list_name)
         rerank = self.graph_kind == GRAPH_RERANK
         if list_tensor is None:
             if rerank:
                 raise RequestError(f"input '{self.list_name}' is missing")
-            return users, self._padding((batch, 0))
+            return self._padding((batch, 0))
         ids = self._ids(list_tensor, self.list_name)
         if ids.ndim != 2 or ids.shape[0] != batch:
             raise RequestError(
@@ -197,7 +226,7 @@ class TritonPythonModel:
             raise RequestError(
                 f"input '{self.list_name}' has {count} ids: expected at most {self.max_exclude}"
             )
-        return users, ids
+        return ids
 
     def _ids(self, tensor, name: str) -> np.ndarray:
         """The tensor as int64 (INT64 ids) or str (BYTES ids, UTF-8) numpy array."""
@@ -221,37 +250,26 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
-        good: list[tuple[int, np.ndarray, np.ndarray]] = []
+        good: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = []
         for index, request in enumerate(requests):
             try:
-                users, ids = self._parse(request)
+                good.append((index, *self._parse(request)))
             except RequestError as e:
                 responses[index] = pb_utils.InferenceResponse(error=_request_error(str(e)))
-                continue
-            good.append((index, users, ids))
         if not good:
             return responses
 
-        rows = sum(users.shape[0] for _, users, _ in good)
-        width = max(1, max(ids.shape[1] for _, _, ids in good))
-        user_batch = np.concatenate([users for _, users, _ in good])
-        id_batch = self._padding((rows, width))
-        row = 0
-        for _, users, ids in good:
-            id_batch[row : row + ids.shape[0], : ids.shape[1]] = ids
-            row += users.shape[0]
+        rows = sum(users.shape[0] for _, users, _, _ in good)
         try:
-            results = self.session.run(
-                self.output_names, {self.user_name: user_batch, self.list_name: id_batch}
-            )
+            results = self.session.run(self.output_names, self._feed(good, rows))
         except Exception as e:  # noqa: BLE001  (every good request gets the failure)
             error = pb_utils.TritonError(f"onnxruntime failed on a batch of {rows} rows: {e}")
-            for index, _, _ in good:
+            for index, *_ in good:
                 responses[index] = pb_utils.InferenceResponse(error=error)
             return responses
 
         row = 0
-        for index, users, _ in good:
+        for index, users, *_ in good:
             end = row + users.shape[0]
             tensors = [
                 _to_triton(name, result[row:end].astype(dtype, copy=False))
@@ -260,6 +278,20 @@ class TritonPythonModel:
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
             row = end
         return responses
+
+    def _feed(self, good: list, rows: int) -> dict[str, np.ndarray]:
+        """One onnxruntime feed for every good request, id lists padded to one width."""
+        width = max(1, max(ids.shape[1] for _, _, ids, _ in good))
+        id_batch = self._padding((rows, width))
+        row = 0
+        for _, users, ids, _ in good:
+            id_batch[row : row + ids.shape[0], : ids.shape[1]] = ids
+            row += users.shape[0]
+        feed = {self.user_name: np.concatenate([users for _, users, _, _ in good]),
+                self.list_name: id_batch}
+        if self.nprobe_name is not None:
+            feed[self.nprobe_name] = np.concatenate([nprobe for *_, nprobe in good])
+        return feed
 
     def finalize(self) -> None:
         self.session = None
