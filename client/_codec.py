@@ -184,6 +184,7 @@ class RecommendRequest:
     exclude: Any = None
     raw_ids: bool = True
     nprobe: int | None = None
+    rescore: int | None = None
 
 
 def plan_recommend(
@@ -196,7 +197,7 @@ def plan_recommend(
     _check_kind(info, contract.GRAPH_RETRIEVE, "recommend", "rerank")
     check_raw_mode(info, request.raw_ids)
     k = _check_k(request.k, info)
-    nprobe = _check_nprobe(request.nprobe, info)
+    setting = _check_settings(request, info)
     users, wire = encode_users(info, vocabularies, request.user_ids, request.raw_ids)
     rows, dropped = encode_exclusions(info, vocabularies, request.exclude, len(users),
                                       request.raw_ids)
@@ -206,27 +207,34 @@ def plan_recommend(
             contract.USER_ID: user_wire(info, wire[start:stop]),
             contract.EXCLUDE_ITEM_IDS: pad_rows(rows[start:stop], info.id_kind),
         }
-        if nprobe is not None:
-            chunk[contract.NPROBE] = np.full((stop - start, 1), nprobe, np.int64)
+        if setting is not None:
+            name, value = setting
+            chunk[name] = np.full((stop - start, 1), value, np.int64)
         chunks.append(chunk)
     return _plan(info, chunks, k, users, vocabularies, request.raw_ids, version, dropped)
 
 
-def _check_nprobe(nprobe: Any, info: ModelInfo) -> int | None:
-    """The wire value of ``nprobe`` (0: the exported default); None: the model has none."""
-    if info.index != contract.INDEX_IVF:
-        if nprobe is not None:
+def _check_settings(request: RecommendRequest, info: ModelInfo) -> tuple[str, int] | None:
+    """``(input name, wire value)`` of the model's index setting (0: the exported
+    default); None for an exact model. A setting the model does not take is refused."""
+    wanted = contract.INDEX_SETTINGS.get(info.index)
+    for name in (contract.NPROBE, contract.RESCORE):
+        value = getattr(request, name)
+        if value is None:
+            continue
+        if name != wanted:
+            owner = {contract.NPROBE: "an IVF", contract.RESCORE: "an int8"}[name]
             raise InvalidRequestError(
-                f"Model {info.name!r} has an exact index (every item is scored): `nprobe` "
-                f"only applies to an IVF model. Received: nprobe={nprobe!r}")
+                f"Model {info.name!r} has index {info.index!r}: `{name}` only applies to "
+                f"{owner} model. Received: {name}={value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InvalidRequestError(
+                f"`{name}` must be a positive int (values above the model's maximum are "
+                f"clamped to it) or None for the exported default. Received: {value!r}")
+    if wanted is None:
         return None
-    if nprobe is None:
-        return 0
-    if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
-        raise InvalidRequestError(
-            f"`nprobe` must be a positive int (lists to probe; more than the model's lists "
-            f"probes them all) or None for the exported default. Received: {nprobe!r}")
-    return int(nprobe)
+    value = getattr(request, wanted)
+    return wanted, 0 if value is None else int(value)
 
 
 def plan_rerank(

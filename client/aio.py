@@ -189,10 +189,11 @@ class AsyncRecommenderClient(ClientBase):
         exclude: Any = None,
         raw_ids: bool = True,
         nprobe: int | None = None,
+        rescore: int | None = None,
     ) -> Recommendations:
         """As `RecommenderClient.recommend`."""
         info = await self.fetch_model_info()
-        request = RecommendRequest(user_ids, k, exclude, raw_ids, nprobe)
+        request = RecommendRequest(user_ids, k, exclude, raw_ids, nprobe, rescore)
         return await self._run(self._plan_recommend(info, request))
 
     async def rerank(

@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, help="results per user (default: the model's k)")
     parser.add_argument("--nprobe", type=int, help="IVF retrieve models: lists to probe "
                         "(default: the value chosen at export)")
+    parser.add_argument("--rescore", type=int, help="int8 retrieve models: re-score the best "
+                        "k x RESCORE candidates in float32 (default: the value chosen at export)")
     parser.add_argument("--vocab-dir", type=Path, help="folder with the vocabularies (version "
                         "folder, model folder or repository root): raw ids for a dense-index "
                         "model (without it its ids are dense indices); for a raw-id model, "
@@ -92,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
             if client.model_info.graph_kind == contract.GRAPH_RERANK:
                 if not args.candidates:
                     raise RecommenderError(f"Model {args.model!r} reranks: pass --candidates.")
-                if args.exclude or args.nprobe is not None:
+                if args.exclude or args.nprobe is not None or args.rescore is not None:
                     raise RecommenderError(
-                        f"Model {args.model!r} reranks the given --candidates: --exclude and "
-                        "--nprobe are for retrieve models."
+                        f"Model {args.model!r} reranks the given --candidates: --exclude, "
+                        "--nprobe and --rescore are for retrieve models."
                     )
                 lists = [_ids(c, raw_ids, "--candidates") for c in args.candidates]
                 if len(lists) == 1:
@@ -111,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.exclude:
                     exclude = [_ids(args.exclude, raw_ids, "--exclude")] * len(users)
                 result = client.recommend(users, k=args.k, exclude=exclude, raw_ids=raw_ids,
-                                          nprobe=args.nprobe)
+                                          nprobe=args.nprobe, rescore=args.rescore)
     except (RecommenderError, OSError, ValueError, csv.Error) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -70,8 +70,9 @@ class ModelInfo:
         outputs: Output specs by name.
         user_vocabulary_file: File name of the user vocabulary in the version folder.
         item_vocabulary_file: File name of the item vocabulary in the version folder.
-        index: ``"exact"`` or ``"ivf"`` (`kmr.contract.INDEXES`): an IVF retrieve model
-            takes ``nprobe``. ``"exact"`` when the config does not say.
+        index: ``"exact"``, ``"ivf"`` or ``"int8"`` (`kmr.contract.INDEXES`): an IVF
+            retrieve model takes ``nprobe``, an int8 one ``rescore``. ``"exact"`` when the
+            config does not say.
     """
 
     name: str
@@ -177,7 +178,8 @@ _ID_TYPES = {contract.IDS_INT: "TYPE_INT64", contract.IDS_STR: "TYPE_STRING",
 _ID_TENSORS = (contract.USER_ID, contract.ITEM_IDS, contract.EXCLUDE_ITEM_IDS,
                contract.TOP_ITEM_IDS)
 _FIXED_TYPES = {contract.TOP_POSITIONS: "TYPE_INT64", contract.TOP_SCORES: "TYPE_FP32",
-                contract.NUM_RESULTS: "TYPE_INT64", contract.NPROBE: "TYPE_INT64"}
+                contract.NUM_RESULTS: "TYPE_INT64", contract.NPROBE: "TYPE_INT64",
+                contract.RESCORE: "TYPE_INT64"}
 
 
 def _int_param(params: Mapping[str, str], name: str, key: str,
@@ -219,9 +221,9 @@ def _check_tensors(name: str, kind_index: tuple[str, str], id_kind: str,
     ``num_results`` may be missing only from dense-index models (older exports).
     """
     kind, index = kind_index
-    if index == contract.INDEX_IVF and kind != contract.GRAPH_RETRIEVE:
+    if index != contract.INDEX_EXACT and kind != contract.GRAPH_RETRIEVE:
         raise ModelContractError(f"Model {name!r} ({kind}): config parameter "
-                                 f"{contract.PARAM_INDEX!r} 'ivf' needs a retrieve model.")
+                                 f"{contract.PARAM_INDEX!r} {index!r} needs a retrieve model.")
     for role, wanted, have in (
         ("input", contract.inputs_of(kind, index), inputs),
         ("output", contract.OUTPUTS[kind], outputs),

@@ -221,6 +221,7 @@ class RecommenderClient(ClientBase):
         exclude: Any = None,
         raw_ids: bool = True,
         nprobe: int | None = None,
+        rescore: int | None = None,
     ) -> Recommendations:
         """Top-k items of the whole catalogue for each user (``retrieve`` models).
 
@@ -238,6 +239,8 @@ class RecommenderClient(ClientBase):
             nprobe: IVF models only: lists to probe for these users (more: better recall,
                 slower; more than the version's lists: every list, i.e. exact). None
                 (default): the value chosen at export (``export_manifest.json``).
+            rescore: int8 models only: re-score the best ``k * rescore`` candidates in
+                float32 (deeper: exact on more users, slower). None: the export's value.
 
         Returns:
             `Recommendations` with ``item_ids`` and ``scores`` of shape [B, k],
@@ -257,7 +260,7 @@ class RecommenderClient(ClientBase):
             # -> array([[4, 2, 7],
             # -> [1, 4, 0]])
         """
-        request = RecommendRequest(user_ids, k, exclude, raw_ids, nprobe)
+        request = RecommendRequest(user_ids, k, exclude, raw_ids, nprobe, rescore)
         return self._run(self._plan_recommend(self.model_info, request))
 
     def rerank(

@@ -74,8 +74,8 @@ class PublishedModel:
         version_dir: The published version folder.
         external_data: Whether the weights are in ``model.onnx.data``.
         parity: The parity figures (see `export.parity.ParityReport`).
-        index: The retrieval index facts (``{"index": "exact"}``, or the IVF facts of
-            `export.onnx.ivf_convert.IvfBuild`).
+        index: The retrieval index facts (``{"index": "exact"}``, or the facts of
+            `export.onnx.index_convert.IndexBuild`).
     """
 
     name: str
@@ -119,13 +119,17 @@ class ExportOptions:
             takes and returns the raw ids (INT64 when every id is a canonical int, else
             BYTES); ``"index"``: dense indices, for callers that map ids themselves.
         index: Retrieval index of the retrieve graph: ``"exact"`` (default, every item
-            scored) or ``"ivf"`` (approximate: items clustered by k-means at export, a
-            request scores the items of its ``nprobe`` best lists; `export.onnx.ivf`).
+            scored), ``"ivf"`` (approximate: items clustered by k-means at export, a
+            request scores the items of its ``nprobe`` best lists; `export.onnx.ivf`) or
+            ``"int8"`` (exact top-k, faster: an int8 scoring pass, then the best
+            ``k * rescore`` candidates re-scored in float32; `export.onnx.int8`).
         nlist: IVF only: k-means clusters (default about 4 sqrt(num_items)).
         nprobe: IVF only: the default lists per row (a request may ask for others);
             default the smallest reaching ``target_recall`` on sampled users.
         target_recall: IVF only: recall@k against exact the default nprobe must reach
             on 256 sampled users (default 0.95).
+        rescore: int8 only: the default re-score depth (a request may ask for others);
+            default twice the smallest depth exact on 256 sampled users.
 
     Example:
         >>> ExportOptions(graph="both", k=20).model_names()
@@ -152,6 +156,7 @@ class ExportOptions:
     nlist: int | None = None
     nprobe: int | None = None
     target_recall: float = 0.95
+    rescore: int | None = None
 
     def validate(self) -> None:
         """Raises ExportError naming the first bad option and what is allowed."""
@@ -177,27 +182,29 @@ class ExportOptions:
         if self.index not in contract.INDEXES:
             raise ExportError(
                 f"Unknown index {self.index!r}: expected one of {contract.INDEXES}.")
+        allowed = {contract.INDEX_EXACT: (), contract.INDEX_IVF: ("nlist", "nprobe"),
+                   contract.INDEX_INT8: ("rescore",)}[self.index]
+        given = [f"{n}={getattr(self, n)!r}" for n in ("nlist", "nprobe", "rescore")
+                 if getattr(self, n) is not None and n not in allowed]
+        if given:
+            raise ExportError(f"{', '.join(given)} do not apply to index={self.index!r} "
+                              "(nlist, nprobe: --index ivf; rescore: --index int8).")
         if self.index == contract.INDEX_EXACT:
-            given = [f"{n}={getattr(self, n)!r}" for n in ("nlist", "nprobe")
-                     if getattr(self, n) is not None]
-            if given:
-                raise ExportError(f"{', '.join(given)} only apply to an IVF index: add "
-                                  "index='ivf' (--index ivf) or leave them out.")
             return
         if self.graph == contract.GRAPH_RERANK:
-            raise ExportError("index='ivf' is an index of the retrieve graph; the rerank "
-                              "graph scores only its candidates. Export graph='retrieve' "
-                              "or 'both'.")
-        problems = self.ivf_settings().problems()
+            raise ExportError(f"index={self.index!r} is an index of the retrieve graph; the "
+                              "rerank graph scores only its candidates. Export "
+                              "graph='retrieve' or 'both'.")
+        problems = self.index_settings().problems()
         if problems:
-            raise ExportError("Invalid IVF settings: " + "; ".join(problems) + ".")
+            raise ExportError("Invalid index settings: " + "; ".join(problems) + ".")
 
-    def ivf_settings(self) -> Any:
-        """The `export.onnx.ivf_index.IvfSettings` of these options."""
+    def index_settings(self) -> Any:
+        """The `export.onnx.index_convert.IndexSettings` of these options."""
         from export.onnx.ivf_index import IvfSettings
 
         return IvfSettings(nlist=self.nlist, nprobe=self.nprobe,
-                           target_recall=self.target_recall)
+                           target_recall=self.target_recall, rescore=self.rescore)
 
     def index_of(self, kind: str) -> str:
         """The retrieval index of the ``kind`` graph (the rerank graph is always exact)."""
@@ -433,8 +440,8 @@ def _stage_graph(
         id_kind=job.id_kind, k=options.k, index=options.index_of(kind), **options.serving(),
     )
     _check_shared_config(staging, config)
-    converted, session, ivf = _convert_and_check(job, weights, staging, kind)
-    parity = _verify_parity(job, weights, keras_cases, session, kind, ivf)
+    converted, session, built = _convert_and_check(job, weights, staging, kind)
+    parity = _verify_parity(job, weights, keras_cases, session, kind, built)
     session = None  # free the session's copy of the weights before the next graph
     gc.collect()
 
@@ -447,7 +454,7 @@ def _stage_graph(
     manifest = _manifest(job, converted, kind, weights, parity)
     manifest["vocabularies"] = {v.target: v.origin for v in job.vocabularies}
     manifest["id_kind"] = job.id_kind
-    manifest["index"] = ivf.facts if ivf is not None else {"index": contract.INDEX_EXACT}
+    manifest["index"] = built.facts if built is not None else {"index": contract.INDEX_EXACT}
     (staging.dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return PublishedModel(staging.paths.model_dir.name, kind, version,
                           staging.paths.version_dir, converted.external_data, parity,
@@ -540,30 +547,27 @@ def _convert_and_check(job: _Job, weights: Any, staging: StagedVersion,
                        kind: str) -> tuple[Any, Any, Any]:
     """Conversion into the staging folder, then onnx.checker + an onnxruntime load.
 
-    Returns ``(converted, session, ivf)``; ``ivf`` is the `export.onnx.ivf_convert.IvfBuild`
-    of an IVF retrieve graph, else None.
+    Returns ``(converted, session, built)``; ``built`` is the
+    `export.onnx.index_convert.IndexBuild` of an IVF / int8 retrieve graph, else None.
     """
     from export.onnx.convert import ConversionError, load_session
 
     start = time.perf_counter()
-    ivf = None
+    built, index = None, job.options.index_of(kind)
     try:
-        if job.options.index_of(kind) == contract.INDEX_IVF:
-            from export.onnx.ivf_convert import convert_ivf
+        if index != contract.INDEX_EXACT:
+            from export.onnx.index_convert import convert_index
 
-            ivf = convert_ivf(weights, staging.dir, k=job.options.k,
-                              settings=job.options.ivf_settings(), vocabularies=job.id_maps,
-                              external_threshold_bytes=job.options.external_threshold_bytes())
-            converted = ivf.converted
+            built = convert_index(index, weights, staging.dir, k=job.options.k,
+                                  settings=job.options.index_settings(), vocabularies=job.id_maps,
+                                  external_threshold_bytes=job.options.external_threshold_bytes())
+            converted = built.converted
         else:
             converted = _convert_exact(job, weights, staging, kind)
     except ConversionError as error:
         raise ExportError(str(error)) from error
     storage = "external data" if converted.external_data else "inline weights"
-    what = "" if ivf is None else (
-        f", IVF {ivf.facts['num_lists']} lists (nlist {ivf.facts['nlist']}), default nprobe "
-        f"{ivf.nprobe}: recall@{job.options.k} {ivf.facts['sample_recall']} vs exact on "
-        "sampled users")
+    what = "" if built is None else f", {built.summary(job.options.k)}"
     job.report("convert", f"convert_{kind}", start,
                f"{kind}: {converted.path.name} ({storage}{what})")
 
@@ -573,7 +577,7 @@ def _convert_and_check(job: _Job, weights: Any, staging: StagedVersion,
     except ConversionError as error:
         raise ExportError(str(error)) from error
     job.report("check", f"check_{kind}", start, f"{kind}: onnx.checker + onnxruntime load OK")
-    return converted, session, ivf
+    return converted, session, built
 
 
 def _convert_exact(job: _Job, weights: Any, staging: StagedVersion, kind: str) -> Any:
@@ -588,11 +592,12 @@ def _convert_exact(job: _Job, weights: Any, staging: StagedVersion, kind: str) -
 
 
 def _verify_parity(job: _Job, weights: Any, keras_cases: list[tuple], session: Any,
-                   kind: str, ivf: Any = None) -> dict[str, Any]:
+                   kind: str, built: Any = None) -> dict[str, Any]:
     """The served graph vs the layers (valid and invalid ids) and vs ``model()``.
 
-    An IVF graph is checked against the numpy reference of its own index, with mixed
-    per-row ``nprobe`` values (its recall against exact is in ``ivf.facts``).
+    An index graph gets mixed per-row settings; an IVF graph is checked against the numpy
+    reference of its own index (its recall against exact is in ``built.facts``), an int8
+    graph against the exact reference like the exact graph.
     """
     from export.parity import (
         check_parity,
@@ -608,11 +613,12 @@ def _verify_parity(job: _Job, weights: Any, keras_cases: list[tuple], session: A
     run = served_runner(session, kind, job.id_maps)
 
     def ref(case: dict) -> dict:
-        return reference(weights, *case.values(), k=k)
+        # by name: an index graph's cases also carry its setting (nprobe / rescore)
+        return reference(weights, *(case[name] for name in contract.INPUTS[kind]), k=k)
 
     cases = parity_cases(kind, weights.num_users, weights.num_items, k)
-    if ivf is not None:
-        ref, cases = ivf.reference, ivf.with_nprobe(cases)
+    if built is not None:
+        ref, cases = built.reference or ref, built.with_setting(cases)
     report = check_parity(run, ref, cases)
     keras_diff = _keras_rerank_diff(keras_cases, run, k) if kind == contract.GRAPH_RERANK else None
     line = report.summary()
@@ -620,7 +626,9 @@ def _verify_parity(job: _Job, weights: Any, keras_cases: list[tuple], session: A
         line += f"; vs model(): max |score diff| {keras_diff[0]:.3g}, ids equal: {keras_diff[1]}"
     job.report("verify parity", f"parity_{kind}", start, f"{kind}: {line}")
     if not report.passed or (keras_diff is not None and not keras_diff[2]):
-        raise ExportError(f"Parity check failed for the {kind} graph: {line}")
+        hint = (" (an int8 re-score too shallow for these embeddings: export with a larger "
+                "--rescore)") if job.options.index_of(kind) == contract.INDEX_INT8 else ""
+        raise ExportError(f"Parity check failed for the {kind} graph: {line}{hint}")
     parity = asdict(report)
     if keras_diff is not None:
         parity["keras_max_abs_score_diff"], parity["keras_ids_equal"] = keras_diff[:2]

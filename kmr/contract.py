@@ -25,6 +25,9 @@ EXCLUDE_ITEM_IDS = "exclude_item_ids"  # retrieve: [B, M] ids to skip (unknown i
 # IVF retrieve only: INT64 [B, 1], lists each row probes; <= 0: the exported default,
 # above the version's list count: every list (exact).
 NPROBE = "nprobe"
+# int8 retrieve only: INT64 [B, 1], candidates re-scored in float32 = k * rescore; <= 0:
+# the exported default, more than ceil(num_items / k): every item.
+RESCORE = "rescore"
 
 # Outputs.
 TOP_ITEM_IDS = "top_item_ids"  # [B, k] raw ids (index graphs: indices); PAD_* in empty slots
@@ -43,20 +46,25 @@ OUTPUTS = {
 OPTIONAL_INPUTS = {GRAPH_RERANK: (), GRAPH_RETRIEVE: (EXCLUDE_ITEM_IDS,)}
 
 # Retrieval indexes of a retrieve model (config parameter PARAM_INDEX). "exact" scores
-# every item; "ivf" scores the items of the `NPROBE` lists whose centroids score best.
+# every item; "ivf" scores the items of the `NPROBE` lists whose centroids score best;
+# "int8" scores every item in int8 and re-scores the best k * `RESCORE` in float32.
 INDEX_EXACT = "exact"
 INDEX_IVF = "ivf"
-INDEXES = (INDEX_EXACT, INDEX_IVF)
+INDEX_INT8 = "int8"
+INDEXES = (INDEX_EXACT, INDEX_IVF, INDEX_INT8)
+# The per-request setting input of each index.
+INDEX_SETTINGS = {INDEX_IVF: NPROBE, INDEX_INT8: RESCORE}
 
 
 def inputs_of(kind: str, index: str = INDEX_EXACT) -> tuple[str, ...]:
-    """The served graph's inputs in order: `INPUTS` plus `NPROBE` for an IVF graph.
+    """The served graph's inputs in order: `INPUTS` plus the index's setting, if any.
 
     Example:
         >>> inputs_of(GRAPH_RETRIEVE, INDEX_IVF)
         ('user_id', 'exclude_item_ids', 'nprobe')
     """
-    return INPUTS[kind] + ((NPROBE,) if index == INDEX_IVF else ())
+    setting = INDEX_SETTINGS.get(index)
+    return INPUTS[kind] + ((setting,) if setting else ())
 
 
 # The value a served graph puts in an id slot that holds no valid item: padding when

@@ -45,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="raw (default): the vocabularies are baked into the served graph, "
                         "which speaks raw ids; index: dense indices (you map ids yourself)")
     parser.add_argument("--index", choices=contract.INDEXES, default=contract.INDEX_EXACT,
-                        help="retrieve graph: exact (default, every item scored) or ivf "
-                        "(approximate: k-means lists, a request scores its nprobe best lists)")
+                        help="retrieve graph: exact (default, every item scored), ivf "
+                        "(approximate: k-means lists, a request scores its nprobe best lists) "
+                        "or int8 (exact top-k, faster: int8 scoring, float32 re-score)")
     parser.add_argument("--nlist", type=int, default=None,
                         help="--index ivf: k-means clusters (default about 4 sqrt(items))")
     parser.add_argument("--nprobe", type=int, default=None,
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-recall", type=float, default=0.95,
                         help="--index ivf: recall@k vs exact the default nprobe must reach "
                         "on 256 sampled users (default 0.95)")
+    parser.add_argument("--rescore", type=int, default=None,
+                        help="--index int8: re-score the best k x RESCORE candidates in float32 "
+                        "(default: twice the smallest depth exact on 256 sampled users)")
     parser.add_argument("--external-data-threshold-mb", type=float, default=None,
                         help="weights above this total size go to model.onnx.data "
                         "(default 64; 0 forces external data)")
@@ -90,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             nlist=args.nlist,
             nprobe=args.nprobe,
             target_recall=args.target_recall,
+            rescore=args.rescore,
         ),
         progress=progress,
     )
@@ -103,9 +108,12 @@ def run(args: argparse.Namespace) -> int:
             f"  parity: max |score diff| {p['max_abs_score_diff']:.3g}, "
             f"top-k ids equal: {'yes' if p['ids_equal'] else 'no'}"
         )
-        if model.index.get("index") == contract.INDEX_IVF:
-            i = model.index
+        i = model.index
+        if i.get("index") == contract.INDEX_IVF:
             print(f"  ivf: {i['num_lists']} lists, default nprobe {i['nprobe']}, "
                   f"recall@{args.k} {i['sample_recall']} vs exact on sampled users")
+        elif i.get("index") == contract.INDEX_INT8:
+            print(f"  int8: default rescore {i['rescore']} (k x {i['rescore']} candidates "
+                  "re-scored in float32)")
     print(f"done in {time.perf_counter() - started:.1f} s")
     return 0

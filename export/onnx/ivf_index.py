@@ -68,7 +68,7 @@ class IvfIndex:
 
 @dataclass(frozen=True)
 class IvfSettings:
-    """How to build the IVF index (every field has a size-based or measured default).
+    """How to build a retrieval index (every field has a size-based or measured default).
 
     Attributes:
         nlist: k-means clusters; default `export.onnx.ivf_index.default_nlist` (about
@@ -76,12 +76,15 @@ class IvfSettings:
         nprobe: The graph's default lists per row; default the smallest value whose
             recall@k against exact reaches ``target_recall`` on 256 sampled users.
         target_recall: What the default nprobe must reach (0 < r <= 1).
+        rescore: int8 index: the default re-score depth (candidates = k * rescore);
+            default twice the smallest depth exact on 256 sampled users.
         seed: k-means and sampling seed (the same seed gives the same index).
     """
 
     nlist: int | None = None
     nprobe: int | None = None
     target_recall: float = DEFAULT_TARGET_RECALL
+    rescore: int | None = None
     seed: int = 0
 
     def problems(self, num_items: int | None = None) -> list[str]:
@@ -92,7 +95,7 @@ class IvfSettings:
             ['nlist=0: expected a positive int', 'target_recall=1.5: expected 0 < r <= 1']
         """
         out = []
-        for name in ("nlist", "nprobe"):
+        for name in ("nlist", "nprobe", "rescore"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):
@@ -290,9 +293,15 @@ def exact_topk(user_table: np.ndarray, item_table: np.ndarray, user_id: np.ndarr
     best_i = np.zeros((u.shape[0], 0), np.int64)
     for start in range(0, item_table.shape[0], chunk):
         x = scoring_items(item_table[start : start + chunk], normalization)
-        s = np.concatenate([best_s, u @ x.T], axis=1)
-        i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + x.shape[0]),
-                                                   (u.shape[0], x.shape[0]))], axis=1)
+        s = u @ x.T
+        if s.shape[1] > 2 * k:  # only the 2k best of a chunk can matter (ties beyond: rare)
+            part = np.argpartition(-s, 2 * k - 1, axis=1)[:, : 2 * k]
+            s, ids = np.take_along_axis(s, part, axis=1), part + start
+        else:
+            ids = np.broadcast_to(np.arange(start, start + s.shape[1]), s.shape)
+        s, i = np.concatenate([best_s, s], axis=1), np.concatenate([best_i, ids], axis=1)
+        by_id = np.argsort(i, axis=1, kind="stable")  # then by score: ties to the lower id
+        s, i = np.take_along_axis(s, by_id, 1), np.take_along_axis(i, by_id, 1)
         keep = np.argsort(-s, axis=1, kind="stable")[:, :k]
         best_s, best_i = np.take_along_axis(s, keep, 1), np.take_along_axis(i, keep, 1)
     best_i = np.where(ok[:, None], best_i, -1)

@@ -91,11 +91,11 @@ def _check_kinds(graph_kind: str, id_kind: str, index: str) -> None:
             f"Invalid value received for argument `id_kind`. Expected one of "
             f"{contract.ID_KINDS}. Received: id_kind={id_kind!r}"
         )
-    if index not in contract.INDEXES or (index == contract.INDEX_IVF
+    if index not in contract.INDEXES or (index != contract.INDEX_EXACT
                                           and graph_kind != contract.GRAPH_RETRIEVE):
         raise ValueError(
             f"Invalid value received for argument `index`. Expected one of "
-            f"{contract.INDEXES} ('ivf' for retrieve graphs only). Received: index={index!r} "
+            f"{contract.INDEXES} (only 'exact' for rerank). Received: index={index!r} "
             f"for graph_kind={graph_kind!r}")
 
 
@@ -153,12 +153,12 @@ def _add_inputs_with_warmup(config: mc.ModelConfig, graph_kind: str, python: boo
         warmup.inputs[contract.EXCLUDE_ITEM_IDS].CopyFrom(
             mc.ModelWarmup.Input(data_type=id_type, dims=[1], zero_data=True)
         )
-    if index == contract.INDEX_IVF:
+    setting = contract.INDEX_SETTINGS.get(index)
+    if setting:  # nprobe (ivf) / rescore (int8)
         # Required by the onnxruntime backend (it refuses optional inputs on a batching
         # model); 0 asks for the exported default, so model.py sends 0 when it is missing.
-        _add_input(config, contract.NPROBE, [1], mc.TYPE_INT64, scalar=not python,
-                   optional=python)
-        warmup.inputs[contract.NPROBE].CopyFrom(
+        _add_input(config, setting, [1], mc.TYPE_INT64, scalar=not python, optional=python)
+        warmup.inputs[setting].CopyFrom(
             mc.ModelWarmup.Input(data_type=mc.TYPE_INT64, dims=[1], zero_data=True))
 
 
@@ -198,9 +198,9 @@ def build_model_config(
         max_exclude: Most exclude ids a retrieve request may send.
         preferred_batch_sizes: Optional dynamic batching preferred sizes.
         intra_op_threads: onnxruntime intra-op threads (python backend only).
-        index: ``"exact"`` or ``"ivf"`` (retrieve only): an IVF model has the ``nprobe``
-            input and records ``index: ivf``. Its list count and default nprobe are facts
-            of a version (``export_manifest.json``).
+        index: ``"exact"``, ``"ivf"`` or ``"int8"`` (the last two retrieve only): they
+            add their setting input (``nprobe`` / ``rescore``) and record ``index``. Their
+            defaults and sizes are facts of a version (``export_manifest.json``).
 
     Returns:
         The configuration message.
@@ -248,7 +248,7 @@ def build_model_config(
         contract.PARAM_USER_VOCAB: contract.USER_VOCAB_FILE,
         contract.PARAM_ITEM_VOCAB: contract.ITEM_VOCAB_FILE,
     }
-    if index == contract.INDEX_IVF:  # absent means exact (every export before IVF)
+    if index != contract.INDEX_EXACT:  # absent means exact (every export before them)
         params[contract.PARAM_INDEX] = index
     if python:
         params[PARAM_INTRA_OP_THREADS] = intra_op_threads

@@ -32,8 +32,8 @@ def perf_analyzer_data(kind: str, users: Vocabulary, items: Vocabulary, *, raw: 
                        index: str = contract.INDEX_EXACT) -> dict[str, Any]:
     """perf_analyzer's ``--input-data`` JSON: ``requests`` batch-1 requests of valid ids.
 
-    An IVF model also gets ``nprobe`` 0 (its exported default): it is a required input
-    on the onnxruntime backend.
+    An IVF / int8 model also gets ``nprobe`` / ``rescore`` 0 (the exported default): it
+    is a required input on the onnxruntime backend.
     """
     rng = np.random.default_rng(seed)
     rows = []
@@ -48,8 +48,9 @@ def perf_analyzer_data(kind: str, users: Vocabulary, items: Vocabulary, *, raw: 
             contract.INPUTS[kind][1]: {"content": [as_ids(items, i) for i in picked],
                                        "shape": [len(picked)]},
         })
-        if index == contract.INDEX_IVF:
-            rows[-1][contract.NPROBE] = {"content": [0], "shape": [1]}
+        setting = contract.INDEX_SETTINGS.get(index)
+        if setting:
+            rows[-1][setting] = {"content": [0], "shape": [1]}
     return {"data": rows}
 
 

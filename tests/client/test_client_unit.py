@@ -1042,7 +1042,7 @@ def test_cli_refuses_exclude_when_model_reranks(fake_cli_client, capsys) -> None
     fake_cli_client(contract.GRAPH_RERANK)
     assert _run_cli(["--model", "mf_rerank", "--user", "0", "--candidates", "1,2",
                      "--exclude", "1"]) == 1
-    assert "--exclude and --nprobe are for retrieve models" in capsys.readouterr().err
+    assert "--exclude, --nprobe and --rescore are for retrieve models" in capsys.readouterr().err
 
 
 def test_cli_help_lists_tls_and_header_options(capsys) -> None:

@@ -9,9 +9,9 @@ our packages are not installed, so it imports only numpy, onnxruntime, json, os 
     <repository>/<name>/<version>/model.onnx
 
 Everything it needs comes from ``args["model_config"]``: input names in contract order
-(the user input first, then the id list, then ``nprobe`` for an IVF retrieve model: a
-request may leave it out, which sends 0, the exported default), output names and
-dtypes, and the
+(the user input first, then the id list, then the index setting ``nprobe`` (IVF) or
+``rescore`` (int8) of a retrieve model: a request may leave it out, which sends 0, the
+exported default), output names and dtypes, and the
 ``parameters`` ``graph_kind``, ``id_kind``, ``k``, ``max_candidates``, ``max_exclude`` and
 ``intra_op_num_threads``.
 
@@ -46,7 +46,7 @@ PARAM_MAX_CANDIDATES = "max_candidates"
 PARAM_MAX_EXCLUDE = "max_exclude"
 PARAM_INTRA_OP_THREADS = "intra_op_num_threads"
 PARAM_ONNX_FILE = "onnx_file"
-NPROBE = "nprobe"  # kmr.contract.NPROBE (IVF retrieve models only)
+SETTINGS = ("nprobe", "rescore")  # kmr.contract.NPROBE / RESCORE (index settings)
 GRAPH_RERANK = "rerank"
 GRAPH_RETRIEVE = "retrieve"
 DEFAULT_ONNX_FILE = "model.onnx"
@@ -135,11 +135,11 @@ class TritonPythonModel:
 
         inputs = config["input"]
         names = [i["name"] for i in inputs]
-        if len(names) not in (2, 3) or (len(names) == 3 and names[2] != NPROBE):
-            raise ValueError(f"expected the inputs (user, id list[, '{NPROBE}']) in the "
-                             f"model config, found {names}")
+        if len(names) not in (2, 3) or (len(names) == 3 and names[2] not in SETTINGS):
+            raise ValueError(f"expected the inputs (user, id list[, one of {SETTINGS}]) in "
+                             f"the model config, found {names}")
         self.user_name, self.list_name = names[:2]
-        self.nprobe_name = names[2] if len(names) == 3 else None
+        self.setting_name = names[2] if len(names) == 3 else None
         self.outputs = [
             (out["name"], pb_utils.triton_string_to_numpy(out["data_type"]))
             for out in config["output"]
@@ -166,7 +166,7 @@ class TritonPythonModel:
         self.output_names = [name for name, _ in self.outputs]
 
     def _parse(self, request) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(users [b], id list [b, n], nprobe [b] or None) of one request, or RequestError."""
+        """(users [b], id list [b, n], setting [b] or None) of one request, or RequestError."""
         user_tensor = pb_utils.get_input_tensor_by_name(request, self.user_name)
         if user_tensor is None:
             raise RequestError(f"input '{self.user_name}' is missing")
@@ -180,25 +180,25 @@ class TritonPythonModel:
         users = users[:, 0]
         batch = users.shape[0]
 
-        return users, self._id_list(request, batch), self._nprobe(request, batch)
+        return users, self._id_list(request, batch), self._setting(request, batch)
 
-    def _nprobe(self, request, batch: int) -> np.ndarray | None:
-        """The request's ``nprobe`` [b] (0 when left out); None for a model without it.
+    def _setting(self, request, batch: int) -> np.ndarray | None:
+        """The request's ``nprobe`` / ``rescore`` [b] (0 when left out); None if no such input.
 
         Values are the graph's business, as on the onnxruntime backend: <= 0 is the
-        exported default, more than the version's lists probes every list.
+        exported default, a value above the version's maximum is clamped to it.
         """
-        if self.nprobe_name is None:
+        name = self.setting_name
+        if name is None:
             return None
-        tensor = pb_utils.get_input_tensor_by_name(request, self.nprobe_name)
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
         if tensor is None:
             return np.zeros(batch, np.int64)
         values = _to_numpy(tensor)
         if values.dtype.kind not in "iu":
-            raise RequestError(f"input '{self.nprobe_name}' must be INT64, received "
-                               f"{values.dtype}")
+            raise RequestError(f"input '{name}' must be INT64, received {values.dtype}")
         if values.shape != (batch, 1):
-            raise RequestError(f"input '{self.nprobe_name}' must have shape [batch={batch}, 1]; "
+            raise RequestError(f"input '{name}' must have shape [batch={batch}, 1]; "
                                f"received shape {list(values.shape)}")
         return values[:, 0].astype(np.int64)
 
@@ -289,8 +289,8 @@ class TritonPythonModel:
             row += users.shape[0]
         feed = {self.user_name: np.concatenate([users for _, users, _, _ in good]),
                 self.list_name: id_batch}
-        if self.nprobe_name is not None:
-            feed[self.nprobe_name] = np.concatenate([nprobe for *_, nprobe in good])
+        if self.setting_name is not None:
+            feed[self.setting_name] = np.concatenate([setting for *_, setting in good])
         return feed
 
     def finalize(self) -> None:

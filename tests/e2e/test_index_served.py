@@ -1,9 +1,10 @@
-"""An IVF retrieve model served by the real local tritonserver, called as users call it.
+"""IVF and int8 retrieve models served by the real local tritonserver, called as users do.
 
-The project client (default, chosen and exhaustive ``nprobe``), raw tritonclient with
-and without ``nprobe`` (concurrent requests of different ``nprobe`` that Triton batches
-together), and HTTP/JSON: every answer is checked against onnxruntime on the same
-``model.onnx``, and the exhaustive probe against the exact model of the same weights.
+The project client (default, chosen and exhaustive ``nprobe``; default and deeper
+``rescore``), raw tritonclient with and without ``nprobe`` (concurrent requests of
+different ``nprobe`` that Triton batches together), and HTTP/JSON: every answer is
+checked against onnxruntime on the same ``model.onnx``, and the exhaustive probe and the
+int8 model against the exact model of the same weights.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def served(triton_home, tmp_path_factory):
                          ExportOptions(name="exact", **options)).models[0]
     ivf = export_model(tmp / "model" / contract.MODEL_FILE, repo,
                        ExportOptions(name="ivf", index="ivf", nlist=40, **options)).models[0]
+    export_model(tmp / "model" / contract.MODEL_FILE, repo,
+                 ExportOptions(name="int8", index="int8", **options))
     session = load_session(ivf.version_dir / contract.ONNX_FILE)
     with LocalTritonServer(repo, installation=triton_home) as server:
         yield server, session, ivf, exact
@@ -157,3 +160,22 @@ def test_rerank_style_call_on_ivf_model_is_refused_by_the_client(served):
     with RecommenderClient(server.grpc_url, "ivf") as client, \
             pytest.raises(RecommenderError, match="recommend"):
         client.rerank([USERS[0]], [[ITEMS[0]]])
+
+
+def test_int8_model_served_equals_the_exact_model(served):
+    server, *_ = served
+    users = USERS[:20] + ["nobody"]
+    exclude = [[ITEMS[2], "no-such-item"]] * len(users)
+    with RecommenderClient(server.grpc_url, "int8") as client, \
+            RecommenderClient(server.http_url, "exact", protocol="http") as exact:
+        assert client.model_info.index == "int8"
+        want = exact.recommend(users, exclude=exclude)
+        for rescore in (None, 16):
+            got = client.recommend(users, exclude=exclude, rescore=rescore)
+            assert got.item_ids.tolist() == want.item_ids.tolist()
+            np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-6)
+        assert got.num_results.tolist()[-1] == 0  # unknown user
+        with pytest.raises(InvalidRequestError, match="only applies to an IVF model"):
+            client.recommend(users, nprobe=2)
+        with pytest.raises(InvalidRequestError, match="only applies to an int8 model"):
+            exact.recommend(users, rescore=2)

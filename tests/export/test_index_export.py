@@ -127,7 +127,11 @@ def test_both_graphs_with_ivf_keep_an_exact_rerank(tmp_path):
 
 @pytest.mark.parametrize(("options", "message"), [
     (dict(graph="rerank", index="ivf"), "index of the retrieve graph"),
-    (dict(graph="retrieve", nlist=10), "nlist=10 only apply to an IVF index"),
+    (dict(graph="rerank", index="int8"), "index of the retrieve graph"),
+    (dict(graph="retrieve", nlist=10), "nlist=10 do not apply to index=.exact."),
+    (dict(graph="retrieve", index="int8", nprobe=3), "nprobe=3 do not apply to index=.int8."),
+    (dict(graph="retrieve", index="ivf", rescore=3), "rescore=3 do not apply"),
+    (dict(graph="retrieve", index="int8", rescore=0), "rescore=0: expected a positive int"),
     (dict(graph="retrieve", index="ivf", nprobe=0), "nprobe=0: expected a positive int"),
     (dict(graph="retrieve", index="ivf", target_recall=0.0), "target_recall=0.0"),
     (dict(graph="retrieve", index="hnsw"), "Unknown index 'hnsw'"),
@@ -163,3 +167,30 @@ def test_cli_exports_ivf_and_prints_its_recall(tmp_path, capsys):
     manifest = json.loads((tmp_path / "repo" / "recommender" / "1" /
                            "export_manifest.json").read_text())
     assert manifest["index"]["sample_recall"] >= 0.99
+
+
+def test_int8_model_answers_like_the_exact_model(exported, tmp_path):
+    """--index int8: every answer equal to the exact model's, at the exported default."""
+    repo, exact, _ = exported
+    model_path = next(repo.parent.glob("model/model.keras"))
+    int8 = export_model(model_path, repo, ExportOptions(name="int8", graph="retrieve",
+                                                        index="int8")).models[0]
+    facts = int8.index
+    assert facts["index"] == "int8" and facts["sample_agreement"] == 1.0
+    assert 2 <= facts["rescore"] <= facts["max_rescore"]
+    config = read_model_config(repo / "int8")
+    assert [i.name for i in config.input][2] == "rescore"
+    assert config.parameters[contract.PARAM_INDEX].string_value == "int8"
+    exact_s, int8_s = _session(exact), _session(int8)
+    users = USERS + ["nobody"]
+    exclude = [[ITEMS[7], "not-an-item"]] * len(users)
+    want = _raw(exact_s, users, exclude)
+    feed = {contract.USER_ID: np.array(users, object),
+            contract.EXCLUDE_ITEM_IDS: np.array(exclude, object),
+            contract.RESCORE: np.zeros(len(users), np.int64)}
+    names = list(contract.OUTPUTS[contract.GRAPH_RETRIEVE])
+    got = dict(zip(names, int8_s.run(names, feed), strict=True))
+    np.testing.assert_array_equal(got[contract.TOP_ITEM_IDS], want[contract.TOP_ITEM_IDS])
+    np.testing.assert_allclose(got[contract.TOP_SCORES], want[contract.TOP_SCORES],
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[contract.NUM_RESULTS], want[contract.NUM_RESULTS])
