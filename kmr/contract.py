@@ -26,7 +26,7 @@ EXCLUDE_ITEM_IDS = "exclude_item_ids"  # retrieve: [B, M] ids to skip (unknown i
 # above the version's list count: every list (exact).
 NPROBE = "nprobe"
 # int8 retrieve only: INT64 [B, 1], candidates re-scored in float32 = k * rescore; <= 0:
-# the exported default, more than ceil(num_items / k): every item.
+# the exported default; clamped to the version's max_rescore (export_manifest.json).
 RESCORE = "rescore"
 
 # Outputs.

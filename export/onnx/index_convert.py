@@ -113,7 +113,7 @@ def _int8(users: np.ndarray, items: np.ndarray, normalization: str, k: int,
           settings: IndexSettings) -> tuple[onnx.ModelProto, dict, IndexBuild]:
     table = int8.quantize_items(items, normalization)
     shallowest, agreement = int8.choose_rescore(table, users, k=k, seed=settings.seed)
-    top = int8.max_rescore(table.num_items, k)
+    top = int8.max_rescore(table.num_items, k, items.shape[1])
     # Twice the depth that was exact on every sampled user: a margin for users not sampled.
     rescore = min(settings.rescore or 2 * shallowest, top)
     facts = {"index": contract.INDEX_INT8, "rescore": rescore, "max_rescore": top,

@@ -22,7 +22,7 @@ best ``k * rescore`` approximate scores, and its scores are always exact. The ex
 picks the default ``rescore`` as the smallest value whose answers equal exact top-k on
 sampled users (`choose_rescore`) and checks the served graph against the exact
 reference; a request may ask for another ``rescore`` (INT64 ``[B]``, ``<= 0``: the
-default; clamped to ``[1, ceil(num_items / k)]``; each row keeps its own).
+default; clamped to ``[1, max_rescore]``, see `max_rescore`; each row keeps its own).
 
 Inputs and outputs are the dense-index retrieve contract (`export.onnx.graphs`) plus
 ``rescore``; `export.onnx.raw_ids.serve_ids` adds raw ids and ``num_results``.
@@ -131,13 +131,20 @@ def _constants(table: QuantizedItems, num_users: int, k: int,
         const("slots", np.arange(BLOCK), np.int64), const("k", k, np.int64),
         const("num_items_1d", [table.num_items], np.int64),
         const("default_rescore", rescore, np.int64),
-        const("max_rescore", max_rescore(table.num_items, k), np.int64),
+        const("max_rescore", max_rescore(table.num_items, k, d), np.int64),
     ]
 
 
-def max_rescore(num_items: int, k: int) -> int:
-    """The largest useful ``rescore``: ``k * rescore`` covers the catalogue."""
-    return max(1, -(-num_items // k))
+def max_rescore(num_items: int, k: int, dim: int) -> int:
+    """The largest ``rescore`` a request gets: ``k * rescore`` candidates of ``dim`` floats
+    per row stay within the ``num_items`` scores the scoring pass holds per row, so no
+    request costs more memory than the exact graph's ``[B, N]`` scores.
+
+    Example:
+        >>> max_rescore(1_000_000, 10, 64), max_rescore(7, 10, 4)
+        (1562, 1)
+    """
+    return max(1, min(-(-num_items // k), num_items // (dim * k)))
 
 
 def _approx_nodes() -> list[onnx.NodeProto]:
@@ -233,7 +240,7 @@ def int8_graph(table: QuantizedItems, user_table: np.ndarray, *, k: int, rescore
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise ValueError(f"Invalid value received for argument `k`. Expected a positive int. "
                          f"Received: k={k!r}")
-    default = min(max(int(rescore), 1), max_rescore(table.num_items, k))
+    default = min(max(int(rescore), 1), max_rescore(table.num_items, k, table.rows.shape[1]))
     nodes = (user_nodes(table.normalization == "cosine") + _approx_nodes() + _prune_nodes()
              + tail_nodes("cand_masked", "cand_ids") + exclusion_nodes(located=False)
              + _rescore_nodes() + output_nodes("final_scores", "final_ids"))

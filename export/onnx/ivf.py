@@ -11,13 +11,17 @@ Same contract as the exact dense-index retrieve graph (`export.onnx.graphs`), so
   optional inputs on a batching model, so a caller always sends it, and ``<= 0`` means
   the exported default. Larger values are clamped to ``num_lists`` (every list: exact).
   Rows of one batch may ask for different values: the batch probes the largest and
-  each row ignores the lists beyond its own ``nprobe``, so a row's answer never depends
-  on the other rows Triton batched it with.
+  each row ignores the lists beyond its own ``nprobe``, so a row's ids never depend on
+  the other rows Triton batched it with (its scores only up to float rounding, see
+  below).
 * outputs ``top_item_ids`` INT64 ``[B, k]`` (-1 in empty slots), ``top_scores`` FP32
   ``[B, k]`` (-inf in empty slots).
 
 The graph scores the user against the list centroids, keeps the ``nprobe`` best lists
-(TopK), Gathers their padded blocks, scores them (one batched MatMul), masks padding
+(TopK), Gathers their padded blocks, scores them (one batched MatMul; when
+``nprobe * D > num_lists`` it instead scores every slot once for the whole batch with
+one GEMM and picks the probed ones, which is cheaper there and keeps a request's
+memory at the exact graph's ``[B, N]`` scores whatever ``nprobe`` it asks), masks padding
 and exclusions (each valid exclusion is located through ``item_loc`` and the probe-rank
 map, then scattered as -inf: O(B*M), never B*M*candidates) and returns the exact-score
 top-k of what it scored. Ties go to the earlier probed position (higher-ranked list,
@@ -92,6 +96,7 @@ def _constants(index: IvfIndex, num_users: int, k: int,
         const("default_nprobe", nprobe, np.int64),
         const("block", index.block_size, np.int64),
         const("block_1d", [index.block_size], np.int64),
+        const("slots", np.arange(index.block_size), np.int64), const("d", dim, np.int64),
     ]
 
 
@@ -106,14 +111,20 @@ def _probe_nodes() -> list[onnx.NodeProto]:
         # explicit shapes: a [0, -1] Reshape is ambiguous for an empty batch
         node("Mul", ["p_1d", "block_1d"], ["rows_1d"]),
         node("Concat", ["b_1d", "rows_1d"], ["shape_b_rows"], axis=0),
-        node("Concat", ["b_1d", "rows_1d", "d_1d"], ["shape_b_rows_d"], axis=0),
         node("TopK", ["c_scores", "p_1d"], ["probe_scores", "probe"], axis=1, largest=1,
              sorted=1),
-        node("Gather", ["blocks", "probe"], ["g_blocks"], axis=0),  # [B, p, S, D]
-        node("Reshape", ["g_blocks", "shape_b_rows_d"], ["cand"]),  # [B, p*S, D]
-        node("Unsqueeze", ["u", "axis2"], ["u_col"]),  # [B, D, 1]
-        node("MatMul", ["cand", "u_col"], ["cand_scores3"]),
-        node("Reshape", ["cand_scores3", "shape_b_rows"], ["cand_scores"]),  # [B, p*S]
+        # the probed lists' slots: rows of the flat [num_lists * S, D] table
+        node("Unsqueeze", ["probe", "axis2"], ["probe3"]),
+        node("Mul", ["probe3", "block"], ["probe_base"]),
+        node("Add", ["probe_base", "slots"], ["slot_rows3"]),  # [B, p, S]
+        node("Reshape", ["slot_rows3", "shape_b_rows"], ["slot_rows"]),  # [B, p*S]
+        # Gathering p*S vectors per row costs p*S*D floats a row; scoring every list
+        # costs num_lists*S: past p*D > num_lists the second is cheaper, and it bounds a
+        # request's memory by the exact graph's [B, N] scores whatever nprobe it asks.
+        node("Mul", ["p", "d"], ["gather_cost"]),
+        node("Greater", ["gather_cost", "num_blocks"], ["score_all"]),
+        helper.make_node("If", [f"{PREFIX}score_all"], [f"{PREFIX}cand_scores"],
+                         then_branch=_score_all_branch(), else_branch=_gather_branch()),
         node("Gather", ["block_ids", "probe"], ["g_ids"], axis=0),
         node("Reshape", ["g_ids", "shape_b_rows"], ["cand_ids"]),
         node("Less", ["cand_ids", "zero"], ["is_pad"]),
@@ -130,11 +141,36 @@ def _probe_nodes() -> list[onnx.NodeProto]:
     ]
 
 
+def _branch(name: str, nodes: list[onnx.NodeProto]) -> onnx.GraphProto:
+    out = helper.make_tensor_value_info(f"{PREFIX}cand_scores", TensorProto.FLOAT, None)
+    return helper.make_graph(nodes, name, [], [out])
+
+
+def _gather_branch() -> onnx.GraphProto:
+    """Few lists: gather their vectors per row and score them [B, p*S]."""
+    return _branch("gather_probed", [
+        node("Gather", ["blocks", "slot_rows"], ["cand"], axis=0),  # [B, p*S, D]
+        node("Unsqueeze", ["u", "axis2"], ["u_col"]),  # [B, D, 1]
+        node("MatMul", ["cand", "u_col"], ["cand_scores3"]),
+        node("Reshape", ["cand_scores3", "shape_b_rows"], ["cand_scores"]),
+    ])
+
+
+def _score_all_branch() -> onnx.GraphProto:
+    """Many lists: score every slot once for the batch, then pick the probed [B, p*S]."""
+    return _branch("score_all_lists", [
+        node("Transpose", ["u"], ["u_t"], perm=[1, 0]),  # [D, B]
+        node("MatMul", ["blocks", "u_t"], ["all_t"]),  # [num_lists * S, B]
+        node("Transpose", ["all_t"], ["all_slots"], perm=[1, 0]),
+        node("GatherElements", ["all_slots", "slot_rows"], ["cand_scores"], axis=1),
+    ])
+
+
 def ivf_tables(index: IvfIndex, user_table: np.ndarray) -> dict[str, np.ndarray]:
     """The graph's tables by initializer name (what `save_ivf` writes)."""
+    flat = index.blocks.reshape(-1, index.blocks.shape[2])  # [num_lists * S, D], a view
     values = (np.ascontiguousarray(user_table, np.float32),
-              np.ascontiguousarray(index.centroids.T), index.blocks, index.block_ids,
-              index.item_loc)
+              np.ascontiguousarray(index.centroids.T), flat, index.block_ids, index.item_loc)
     return dict(zip(_TABLES, values, strict=True))
 
 

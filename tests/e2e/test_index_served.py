@@ -179,3 +179,16 @@ def test_int8_model_served_equals_the_exact_model(served):
             client.recommend(users, nprobe=2)
         with pytest.raises(InvalidRequestError, match="only applies to an int8 model"):
             exact.recommend(users, rescore=2)
+
+
+def test_largest_settings_on_a_full_batch_answer_exactly_and_keep_the_server_up(served):
+    """nprobe / rescore far above their maxima, max_batch_size rows: bounded, exact."""
+    server, *_ = served
+    users = [USERS[i % len(USERS)] for i in range(64)]
+    with RecommenderClient(server.grpc_url, "ivf") as ivf_client, \
+            RecommenderClient(server.grpc_url, "int8") as int8_client, \
+            RecommenderClient(server.grpc_url, "exact") as exact:
+        want = exact.recommend(users).item_ids.tolist()
+        assert ivf_client.recommend(users, nprobe=2**62).item_ids.tolist() == want
+        assert int8_client.recommend(users, rescore=2**62).item_ids.tolist() == want
+        assert server.is_running()

@@ -106,7 +106,7 @@ def test_exclusions_respected_and_invalid_ignored(case):
 def test_unknown_users_get_empty_rows_and_rows_keep_their_own_rescore(case):
     users, items, table, rescore, _, sess = case
     rows = np.array([0, -1, 5, 10**9, 7, 3])
-    asked = np.array([1, 4, 0, 2, max_rescore(table.num_items, K) + 9, -2])
+    asked = np.array([1, 4, 0, 2, max_rescore(table.num_items, K, 16) + 9, -2])
     ids, scores = _run(sess, rows, rescore=asked)
     assert (ids[[1, 3]] == -1).all() and np.isneginf(scores[[1, 3]]).all()
     for b in (0, 2, 4, 5):
