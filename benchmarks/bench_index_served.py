@@ -7,7 +7,7 @@ nlist, nprobe for recall 0.95, rescore). Each model is served alone (its own ser
 memory is its own): ready time, server + python-stub RSS, then closed-loop batch-1 load
 over gRPC (`benchmarks.loadgen`) at concurrency 1 and 16 for ``--seconds`` each, with
 random known users and one exclusion. Usage:
-``python benchmarks/bench_index_served.py [--items 1000000] [--seconds 15]``.
+``python benchmarks/bench_index_served.py [--items 1000000] [--seconds 15] [--quick]``.
 """
 
 from __future__ import annotations
@@ -72,7 +72,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--quick", action="store_true", help="20k items, 2 s per load step")
     args = parser.parse_args()
+    if args.quick:
+        args.items, args.seconds = 20_000, 2.0
     results = {"machine": machine_info(), "items": args.items, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         model_path = save_model(Path(tmp), args.items)
@@ -107,7 +110,8 @@ def write(results: dict) -> None:
           + markdown_table(["index", "setting", "sample", "export s", "ready s",
                             "server RSS", "stub RSS", "c=1 p50 ms", "c=1 p99 ms", "c=1 req/s",
                             "c=16 p50 ms", "c=16 p99 ms", "c=16 req/s", "errors"], rows))
-    write_results("index_served", results, md)
+    write_results("index_served" if results["items"] != 20_000 else "index_served_quick",
+                  results, md)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ argpartition), faiss IndexFlatIP, IndexIVFFlat (same nlist; nprobe swept) and
 IndexHNSWFlat (M = 32; efSearch swept; skipped above 2M items: its build alone takes
 longer than the rest of the run here). Recall@10 against exact numpy top-10 on 200
 users. faiss runs with 2 threads, onnxruntime and numpy with their defaults (all cores).
-Usage: ``python benchmarks/bench_ivf.py [--items 1000000] [--kinds planted,hard]``.
+Usage: ``python benchmarks/bench_ivf.py [--items 1000000] [--kinds planted,hard] [--quick]``.
 """
 
 from __future__ import annotations
@@ -209,7 +209,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--kinds", default="planted,hard,isotropic")
     parser.add_argument("--name", default="ivf", help="results/<name>.json|md")
+    parser.add_argument("--quick", action="store_true",
+                        help="20k items, planted + hard, results/ivf_quick.*: checks it works")
     args = parser.parse_args()
+    if args.quick:
+        args.items, args.kinds, args.name = 20_000, "planted,hard", "ivf_quick"
     results = {"machine": machine_info(), "items": args.items, "dim": DIM, "k": K, "runs": {}}
     for kind in args.kinds.split(","):
         users, items = make_tables(kind, args.items)

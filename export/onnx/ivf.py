@@ -19,9 +19,9 @@ Same contract as the exact dense-index retrieve graph (`export.onnx.graphs`), so
 
 The graph scores the user against the list centroids, keeps the ``nprobe`` best lists
 (TopK), Gathers their padded blocks, scores them (one batched MatMul; when
-``nprobe * D > num_lists`` it instead scores every slot once for the whole batch with
-one GEMM and picks the probed ones, which is cheaper there and keeps a request's
-memory at the exact graph's ``[B, N]`` scores whatever ``nprobe`` it asks), masks padding
+``2 * B * nprobe * D > num_lists * (D + B)`` it instead scores every slot once for the
+whole batch with one GEMM and picks the probed ones, which moves fewer bytes there and
+keeps a request with a huge ``nprobe`` from copying the table once per row), masks padding
 and exclusions (each valid exclusion is located through ``item_loc`` and the probe-rank
 map, then scattered as -inf: O(B*M), never B*M*candidates) and returns the exact-score
 top-k of what it scored. Ties go to the earlier probed position (higher-ranked list,
@@ -97,6 +97,7 @@ def _constants(index: IvfIndex, num_users: int, k: int,
         const("block", index.block_size, np.int64),
         const("block_1d", [index.block_size], np.int64),
         const("slots", np.arange(index.block_size), np.int64), const("d", dim, np.int64),
+        const("two_d", 2 * dim, np.int64),
     ]
 
 
@@ -118,11 +119,17 @@ def _probe_nodes() -> list[onnx.NodeProto]:
         node("Mul", ["probe3", "block"], ["probe_base"]),
         node("Add", ["probe_base", "slots"], ["slot_rows3"]),  # [B, p, S]
         node("Reshape", ["slot_rows3", "shape_b_rows"], ["slot_rows"]),  # [B, p*S]
-        # Gathering p*S vectors per row costs p*S*D floats a row; scoring every list
-        # costs num_lists*S: past p*D > num_lists the second is cheaper, and it bounds a
-        # request's memory by the exact graph's [B, N] scores whatever nprobe it asks.
-        node("Mul", ["p", "d"], ["gather_cost"]),
-        node("Greater", ["gather_cost", "num_blocks"], ["score_all"]),
+        # Memory traffic, in units of S floats: gathering copies B*p*D twice (read and
+        # write); scoring every slot once reads the table (L*D) and writes B*L scores.
+        # Past 2*B*p*D > L*(D + B) the second is cheaper, and it keeps a request with a
+        # huge nprobe from copying the table once per row (memory: at most about half
+        # the table plus the batch's [B, L*S] scores).
+        node("Squeeze", ["b_1d", "axis0"], ["b"]),
+        node("Mul", ["b", "p"], ["bp"]),
+        node("Mul", ["bp", "two_d"], ["gather_cost"]),
+        node("Add", ["b", "d"], ["d_plus_b"]),
+        node("Mul", ["d_plus_b", "num_blocks"], ["score_all_cost"]),
+        node("Greater", ["gather_cost", "score_all_cost"], ["score_all"]),
         helper.make_node("If", [f"{PREFIX}score_all"], [f"{PREFIX}cand_scores"],
                          then_branch=_score_all_branch(), else_branch=_gather_branch()),
         node("Gather", ["block_ids", "probe"], ["g_ids"], axis=0),

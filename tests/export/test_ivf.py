@@ -170,12 +170,13 @@ def test_broadcast_nprobe_and_empty_batch(case):
 
 
 def test_many_lists_score_every_slot_once_instead_of_gathering(case):
-    """Past nprobe * D > num_lists the graph scores all slots: same answer, bounded memory."""
+    """Past 2*B*p*D > L*(D+B) the graph scores all slots: same answer, bounded memory."""
     users, _, index, _, sess = case
-    few, many = 2, index.num_lists
-    assert few * users.shape[1] < index.num_lists < many * users.shape[1]  # both branches
+    d, lists, b = users.shape[1], index.num_lists, 30
+    few, many = 1, lists
+    assert 2 * b * few * d < lists * (d + b) < 2 * b * many * d  # one case per branch
     for p in (few, many):
-        ids, scores = _run(sess, np.arange(30), nprobe=p)
-        ref_ids, ref_scores = ivf_reference(index, users, np.arange(30), NONE, k=K, nprobe=p)
+        ids, scores = _run(sess, np.arange(b), nprobe=p)
+        ref_ids, ref_scores = ivf_reference(index, users, np.arange(b), NONE, k=K, nprobe=p)
         np.testing.assert_array_equal(ids, ref_ids)
         np.testing.assert_allclose(scores, ref_scores, atol=1e-5, rtol=1e-6)
