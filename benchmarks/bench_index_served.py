@@ -3,10 +3,11 @@
 One trained-size stand-in (planted embeddings, ``--items`` x 64, 1,000 users, sqrt_dim)
 is saved as a ``.keras`` model and exported three times with the python backend (what
 ``kmr-export serve`` runs): ``--index exact``, ``int8`` and ``ivf`` (export defaults:
-nlist, nprobe for recall 0.95, rescore). Each model is served alone (its own server, so
-memory is its own): ready time, server + python-stub RSS, then closed-loop batch-1 load
-over gRPC (`benchmarks.loadgen`) at concurrency 1 and 16 for ``--seconds`` each, with
-random known users and one exclusion. Usage:
+nlist, nprobe for recall 0.95, rescore), and ``ivf`` again with 2 instances. Each model
+is served alone (its own server, so memory is its own): ready time, server +
+python-stub RSS, then closed-loop batch-1 load over gRPC (`benchmarks.loadgen`) at
+concurrency 1 and 16 for ``--seconds`` each, with random known users and one exclusion.
+Usage:
 ``python benchmarks/bench_index_served.py [--items 1000000] [--seconds 15] [--quick]``.
 """
 
@@ -30,7 +31,10 @@ from export.triton.local_server import LocalTritonServer, find_tritonserver  # n
 from kmr import contract  # noqa: E402
 from kmr.models import build_recommender  # noqa: E402
 
-INDEXES = ("exact", "int8", "ivf")
+# (label, index, instances): the last one measures what a second python-backend
+# instance costs (each instance is its own stub process with its own session).
+VARIANTS = (("exact", "exact", 1), ("int8", "int8", 1), ("ivf", "ivf", 1),
+            ("ivf x2 instances", "ivf", 2))
 
 
 def save_model(folder: Path, items: int) -> Path:
@@ -79,24 +83,25 @@ def main() -> None:
     results = {"machine": machine_info(), "items": args.items, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         model_path = save_model(Path(tmp), args.items)
-        for index in INDEXES:
-            repo = Path(tmp) / f"repo_{index}"
+        for number, (label, index, instances) in enumerate(VARIANTS):
+            repo = Path(tmp) / f"repo_{number}"
             started = time.perf_counter()
             result = export_model(model_path, repo, ExportOptions(
-                name=f"mf_{index}", graph="retrieve", backend="python", index=index))
+                name=f"mf_{index}", graph="retrieve", backend="python", index=index,
+                instances=instances))
             entry = {"export_s": round(time.perf_counter() - started, 1),
-                     "facts": result.models[0].index}
+                     "facts": result.models[0].index, "instances": instances}
             entry.update(serve_one(repo, f"mf_{index}", index, args.seconds))
-            results["models"][index] = entry
-            print(index, entry, flush=True)
+            results["models"][label] = entry
+            print(label, entry, flush=True)
             write(results)
 
 
 def write(results: dict) -> None:
     rows = []
-    for index, e in results["models"].items():
+    for label, e in results["models"].items():
         one, sixteen = e["load"]
-        rows.append([index, e["facts"].get("nprobe", e["facts"].get("rescore", "-")),
+        rows.append([label, e["facts"].get("nprobe", e["facts"].get("rescore", "-")),
                      e["facts"].get("sample_recall", e["facts"].get("sample_agreement", 1)),
                      e["export_s"], e["ready_s"], e["memory"]["server"].get("VmRSS"),
                      e["memory"]["stub"].get("VmRSS"), one["p50_ms"], one["p99_ms"],
