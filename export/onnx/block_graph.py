@@ -187,6 +187,15 @@ def save_with_tables(proto: onnx.ModelProto, tables: dict[str, np.ndarray],
     Tables totalling more than the threshold go to ``model.onnx.data`` (4 KiB aligned,
     written straight from the arrays, memory-mappable, no 2 GB limit), else inline.
     Returns the files written.
+
+    Example:
+        >>> import tempfile
+        >>> proto = model([node("Identity", ["user_id"], ["x"])], "g", [], 1, [], "")
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     files = save_with_tables(proto, {"t": np.zeros(4, np.float32)}, d,
+        ...                              external_threshold_bytes=0)
+        ...     [f.name for f in files]
+        ['model.onnx', 'model.onnx.data']
     """
     out_dir = Path(out_dir)
     files = [out_dir / contract.ONNX_FILE]
