@@ -215,6 +215,17 @@ def save_with_tables(proto: onnx.ModelProto, tables: dict[str, np.ndarray],
     return files
 
 
+def _used_names(nodes: list[onnx.NodeProto]) -> set[str]:
+    """Every tensor name the nodes (and the subgraphs of If nodes) read."""
+    used: set[str] = set()
+    for n in nodes:
+        used.update(n.input)
+        for attr in n.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                used |= _used_names(list(attr.g.node))
+    return used
+
+
 def model(nodes: list[onnx.NodeProto], name: str, inputs: list[onnx.ValueInfoProto], k: int,
           initializers: list[onnx.TensorProto], doc: str) -> onnx.ModelProto:
     """The ModelProto of a block graph: contract outputs ``[B, k]``, opset 17, IR 8."""
@@ -223,6 +234,8 @@ def model(nodes: list[onnx.NodeProto], name: str, inputs: list[onnx.ValueInfoPro
                                       ["batch", k]),
         helper.make_tensor_value_info(contract.TOP_SCORES, onnx.TensorProto.FLOAT,
                                       ["batch", k])]
+    used = _used_names(nodes)  # constants a variant does not use (e.g. eps) are dropped:
+    initializers = [t for t in initializers if t.name in used]  # onnxruntime warns on them
     graph = helper.make_graph(nodes, name, inputs, outputs, initializer=initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="kmr-export", ir_version=IR_VERSION)
