@@ -201,9 +201,9 @@ class ExportOptions:
 
     def index_settings(self) -> Any:
         """The `export.onnx.index_convert.IndexSettings` of these options."""
-        from export.onnx.ivf_index import IvfSettings
+        from export.onnx.ivf_index import IndexSettings
 
-        return IvfSettings(nlist=self.nlist, nprobe=self.nprobe,
+        return IndexSettings(nlist=self.nlist, nprobe=self.nprobe,
                            target_recall=self.target_recall, rescore=self.rescore)
 
     def index_of(self, kind: str) -> str:

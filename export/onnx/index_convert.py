@@ -37,12 +37,10 @@ import onnx
 from export.onnx import int8, ivf
 from export.onnx.block_graph import DEFAULT_EXTERNAL_THRESHOLD_BYTES, save_with_tables
 from export.onnx.convert import ConversionError, ConvertedModel, check_onnx
-from export.onnx.ivf_index import IvfSettings
+from export.onnx.ivf_index import IndexSettings
 from export.onnx.raw_ids import serve_ids
 from kmr import contract
 from kmr.vocabulary import Vocabulary
-
-IndexSettings = IvfSettings  # nlist / nprobe / target_recall (IVF), rescore (int8), seed
 
 
 @dataclass

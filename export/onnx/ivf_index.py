@@ -67,7 +67,7 @@ class IvfIndex:
 
 
 @dataclass(frozen=True)
-class IvfSettings:
+class IndexSettings:
     """How to build a retrieval index (every field has a size-based or measured default).
 
     Attributes:
@@ -91,7 +91,7 @@ class IvfSettings:
         """What is wrong with these settings (empty when valid).
 
         Example:
-            >>> IvfSettings(nlist=0, target_recall=1.5).problems()
+            >>> IndexSettings(nlist=0, target_recall=1.5).problems()
             ['nlist=0: expected a positive int', 'target_recall=1.5: expected 0 < r <= 1']
         """
         out = []
