@@ -48,21 +48,24 @@ class IndexBuild:
     """One converted index graph and what checking it needs.
 
     Attributes:
-        converted: The files written.
         setting: The per-request input (``nprobe`` or ``rescore``).
         default: Its exported default.
         facts: For the manifest (``index`` plus the index's own figures).
         reference: The dense reference of a parity case, or None to use the exact
             float32 reference (int8: the graph must equal exact top-k).
         values: Per-row setting values the parity cases mix.
+        index: What the graph was built from: the `export.onnx.ivf_index.IvfIndex` or
+            the `export.onnx.int8.QuantizedItems`.
+        converted: The files written (set once `convert_index` has written them).
     """
 
-    converted: ConvertedModel
     setting: str
     default: int
     facts: dict[str, Any] = field(default_factory=dict)
     reference: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
     values: tuple[int, ...] = (0,)
+    index: Any = None
+    converted: ConvertedModel | None = None
 
     def with_setting(self, cases: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Each dense parity case with the setting's column (`values` repeated per row)."""
@@ -78,18 +81,13 @@ class IndexBuild:
                     f"{f['nprobe']}: recall@{k} {f['sample_recall']} vs exact on sampled users")
         return (f"int8 scoring + float32 re-score of k x {f['rescore']} candidates: exact "
                 f"top-{k} on {f['sample_agreement']:.0%} of sampled users at k x "
-                f"{f['rescore'] // 2 or 1}")
+                f"{f['sample_depth']}")
 
 
 def _ivf(users: np.ndarray, items: np.ndarray, normalization: str, k: int,
          settings: IndexSettings) -> tuple[onnx.ModelProto, dict, IndexBuild]:
-    nlist = settings.nlist or min(ivf.default_nlist(len(items)), len(items))
-    index = ivf.build_index(items, nlist=nlist, normalization=normalization,
-                            seed=settings.seed)
-    nprobe = min(settings.nprobe or ivf.choose_nprobe(
-        index, users, items, k=k, target_recall=settings.target_recall, seed=settings.seed),
-        index.num_lists)
-    recall = ivf.sample_recall(index, users, items, k=k, nprobe=nprobe, seed=settings.seed)
+    index, nprobe, recall = ivf.plan_ivf(users, items, k=k, normalization=normalization,
+                                         settings=settings)
     facts = {"index": contract.INDEX_IVF, "nlist": index.nlist, "num_lists": index.num_lists,
              "block_size": index.block_size, "nprobe": nprobe,
              "target_recall": settings.target_recall, "sample_recall": round(recall, 4)}
@@ -101,8 +99,8 @@ def _ivf(users: np.ndarray, items: np.ndarray, normalization: str, k: int,
         return {contract.TOP_ITEM_IDS: ids, contract.TOP_SCORES: scores}
 
     lists = index.num_lists
-    build = IndexBuild(None, contract.NPROBE, nprobe, facts, reference,  # type: ignore[arg-type]
-                       (0, 1, min(2, lists), lists, -3, lists + 5))
+    build = IndexBuild(contract.NPROBE, nprobe, facts, reference,
+                       (0, 1, min(2, lists), lists, -3, lists + 5), index)
     proto = ivf.ivf_graph(index, users, k=k, nprobe=nprobe, tables=False)
     return proto, ivf.ivf_tables(index, users), build
 
@@ -115,10 +113,10 @@ def _int8(users: np.ndarray, items: np.ndarray, normalization: str, k: int,
     # Twice the depth that was exact on every sampled user: a margin for users not sampled.
     rescore = min(settings.rescore or 2 * shallowest, top)
     facts = {"index": contract.INDEX_INT8, "rescore": rescore, "max_rescore": top,
-             "sample_agreement": round(agreement, 4),
+             "sample_depth": shallowest, "sample_agreement": round(agreement, 4),
              "int8_table_bytes": int(table.q_t.nbytes)}
-    build = IndexBuild(None, contract.RESCORE, rescore, facts,  # type: ignore[arg-type]
-                       values=(0, rescore, min(2 * rescore, top), top + 7, -1))
+    build = IndexBuild(contract.RESCORE, rescore, facts,
+                       values=(0, rescore, min(2 * rescore, top), top + 7, -1), index=table)
     proto = int8.int8_graph(table, users, k=k, rescore=rescore, tables=False)
     return proto, int8.int8_tables(table, users), build
 

@@ -68,6 +68,7 @@ from export.onnx.block_graph import (
     user_nodes,
 )
 from export.onnx.ivf_index import (
+    IndexSettings,
     IvfIndex,
     build_index,
     choose_nprobe,
@@ -80,7 +81,7 @@ from kmr import contract
 
 __all__ = ["DEFAULT_EXTERNAL_THRESHOLD_BYTES", "NPROBE", "IvfIndex", "build_index",
            "build_ivf_retrieve", "choose_nprobe", "default_nlist", "exact_topk", "ivf_graph",
-           "ivf_reference", "recall_at_k", "save_ivf"]
+           "ivf_reference", "plan_ivf", "recall_at_k", "save_ivf"]
 
 NPROBE = contract.NPROBE  # request input, INT64 [B]; <= 0: the exported default
 _TABLES = tuple(f"{PREFIX}{name}" for name in ("user_table", "centroids_t", "blocks",
@@ -257,17 +258,40 @@ def build_ivf_retrieve(user_table: np.ndarray, item_table: np.ndarray, *, k: int
         >>> sorted(p.key for p in proto.metadata_props)
         ['block_size', 'nlist', 'nprobe', 'num_lists', 'sample_recall']
     """
-    index = build_index(item_table, nlist=nlist or default_nlist(len(item_table)),
-                        normalization=normalization, seed=seed)
-    if nprobe is None:
-        nprobe = choose_nprobe(index, user_table, item_table, k=k,
-                               target_recall=target_recall, seed=seed)
+    index, nprobe, sample = plan_ivf(user_table, item_table, k=k, normalization=normalization,
+                                     settings=IndexSettings(nlist=nlist, nprobe=nprobe,
+                                                            target_recall=target_recall,
+                                                            seed=seed))
     proto = ivf_graph(index, user_table, k=k, nprobe=nprobe, tables=tables)
-    sample = sample_recall(index, user_table, item_table, k=k, nprobe=nprobe, seed=seed)
     facts = {"nlist": index.nlist, "num_lists": index.num_lists, "nprobe": nprobe,
              "block_size": index.block_size, "sample_recall": round(sample, 4)}
     helper.set_model_props(proto, {key: str(value) for key, value in facts.items()})
     return proto
+
+
+def plan_ivf(user_table: np.ndarray, item_table: np.ndarray, *, k: int, normalization: str,
+             settings: IndexSettings) -> tuple[IvfIndex, int, float]:
+    """The index, its default nprobe and that nprobe's recall@k on sampled users.
+
+    ``settings.nlist`` defaults to `default_nlist`; ``settings.nprobe`` to the smallest
+    reaching ``settings.target_recall`` (`choose_nprobe`), clamped to the list count.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> items = rng.normal(size=(300, 4)).astype(np.float32)
+        >>> index, nprobe, recall = plan_ivf(items[:20], items, k=5, normalization="sqrt_dim",
+        ...                                  settings=IndexSettings(nlist=6))
+        >>> 1 <= nprobe <= index.num_lists, recall >= 0.95
+        (True, True)
+    """
+    index = build_index(item_table, nlist=settings.nlist or default_nlist(len(item_table)),
+                        normalization=normalization, seed=settings.seed)
+    nprobe = min(settings.nprobe or choose_nprobe(
+        index, user_table, item_table, k=k, target_recall=settings.target_recall,
+        seed=settings.seed), index.num_lists)
+    recall = sample_recall(index, user_table, item_table, k=k, nprobe=nprobe,
+                           seed=settings.seed)
+    return index, nprobe, recall
 
 
 def sample_recall(index: IvfIndex, user_table: np.ndarray, item_table: np.ndarray, *, k: int,
