@@ -37,7 +37,9 @@ from client.errors import (
 
 PROTOCOLS = ("grpc", "http")
 
-_UNAVAILABLE = {"StatusCode.UNAVAILABLE", "503"}
+# 502/504 come from a load balancer in front of Triton (the replica died or timed out
+# mid-request); Triton itself never sends them. Inference reads only, so a retry is safe.
+_UNAVAILABLE = {"StatusCode.UNAVAILABLE", "502", "503", "504"}
 _NOT_FOUND = {"StatusCode.NOT_FOUND", "404"}
 _NOT_FOUND_TEXT = ("unknown model", "is not found", "is not ready")
 _AUTH = {"StatusCode.UNAUTHENTICATED", "StatusCode.PERMISSION_DENIED", "401", "403"}
@@ -307,9 +309,16 @@ def to_client_error(error: BaseException, what: str) -> RecommenderError:
         return InferenceError(message, status=status)
     if isinstance(error, TimeoutError):
         return InferenceError(f"{what}: timed out ({error})", status="timeout")
-    if isinstance(error, OSError):  # connection refused / reset from the HTTP library
+    if isinstance(error, OSError) or _closed_before_answer(error):
+        # Refused, reset, or a keep-alive connection the server or proxy closed before
+        # answering (nginx does on a reload): nothing was answered, so a retry is safe.
         return ServerUnavailableError(f"{what}: {error}", status=type(error).__name__)
     return InferenceError(f"{what}: {error}")
+
+
+def _closed_before_answer(error: BaseException) -> bool:
+    """geventhttpclient's HTTPConnectionClosed (matched by name: no import needed here)."""
+    return any(cls.__name__ == "HTTPConnectionClosed" for cls in type(error).__mro__)
 
 
 def connection_error(

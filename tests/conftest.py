@@ -32,3 +32,30 @@ def served_stack(triton_home, tmp_path_factory):
     with start_served_stack(tmp_path_factory.mktemp("served_stack"),
                             installation=triton_home) as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def s3_store(tmp_path_factory):
+    """A real SeaweedFS S3 store for the module, with the ``AWS_*`` environment pointing at it.
+
+    boto3 (publish, rollout) and every tritonserver started in the module read that
+    environment. Fails (never skips) when SeaweedFS cannot start.
+    """
+    import time
+
+    from tests.support.object_store import ObjectStoreError, seaweedfs
+
+    try:
+        context = seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+        started = time.monotonic()
+        running = context.__enter__()
+    except ObjectStoreError as error:
+        pytest.fail(f"SeaweedFS did not start: {error}", pytrace=False)
+    print(f"seaweedfs S3 ready in {time.monotonic() - started:.1f} s")
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in running.environment().items():
+                patch.setenv(key, value)
+            yield running
+    finally:
+        context.__exit__(None, None, None)

@@ -5,6 +5,8 @@ Example:
         --repo model_repository
     $ kmr-export rollout --replicas 10.0.0.1:8001 --name ro --version 2 --repo model_repository \\
         --rollback   # back to the highest version below 2
+    $ kmr-export rollout --replicas 10.0.0.1:8001,10.0.0.2:8001 --name ro --version 3 \\
+        --repo s3://models/prod   # replicas on object storage
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", type=int, required=True, help="version to roll out")
     parser.add_argument("--repo", required=True,
                         help="local copy of the repository (canary answers come from "
-                             "onnxruntime on REPO/NAME/VERSION/model.onnx)")
+                             "onnxruntime on REPO/NAME/VERSION/model.onnx), or the s3:// "
+                             "repository the replicas load: the version must be complete "
+                             "there, and the store's config is pinned to it when done")
     parser.add_argument("--rollback", action="store_true",
                         help="roll back from VERSION to the highest local version below it")
     parser.add_argument("--timeout", type=float, default=120.0,

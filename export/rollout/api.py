@@ -7,6 +7,11 @@ come from onnxruntime on the local copy of the version; on a failed load or a wr
 answer, put that replica back on the version it served before and STOP, so the replicas
 not reached yet keep serving the old version.
 
+With an ``s3://`` repository the version must be complete on the store (refused before
+any replica is touched otherwise); the canary's copy is downloaded and checked against
+the version's marker; and once every replica serves it, the store's config is pinned to
+it, so replicas restarted later load it too (`export.storage.serving`).
+
 Example (needs running replicas)::
 
     report = rollout(["10.0.0.1:8001", "10.0.0.2:8001"], "ro", 2, repo="model_repository")
@@ -15,14 +20,18 @@ Example (needs running replicas)::
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from export.errors import ExportError
 from export.rollout import replica as rep
 from export.rollout.canary import DEFAULT_CASES, CanaryCase, canary_cases, version_dir
+from export.storage import download_version, find_complete_versions, pin_serving_version
+from export.storage.location import url_scheme
 
 Hook = Callable[[str], None]
 
@@ -69,6 +78,7 @@ class RolloutReport:
     version: int
     replicas: list[ReplicaResult]
     untouched: list[str] = field(default_factory=list)
+    pinned_on_store: bool = False
 
     @property
     def completed(self) -> bool:
@@ -78,7 +88,8 @@ class RolloutReport:
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return {"model": self.model, "version": self.version, "completed": self.completed,
-                "replicas": [asdict(r) for r in self.replicas], "untouched": self.untouched}
+                "replicas": [asdict(r) for r in self.replicas], "untouched": self.untouched,
+                "pinned_on_store": self.pinned_on_store}
 
     def summary(self) -> str:
         """Human-readable lines, one per replica."""
@@ -94,6 +105,9 @@ class RolloutReport:
                 line += f"\n    put back on version {r.restored_to}"
             lines.append(line)
         lines += [f"  {url}: untouched (keeps its version)" for url in self.untouched]
+        if self.pinned_on_store:
+            lines.append(f"  store config pinned to version {self.version} "
+                         "(replicas started later load it)")
         return "\n".join(lines)
 
 
@@ -104,7 +118,7 @@ def _restore(client: object, model: str, result: ReplicaResult, version: int,
         return
     target = result.previous[-1]
     try:
-        rep.load_version(client, model, target)
+        rep.load_version(client, model, target, timeout)
         rep.wait_serving(client, model, target, timeout)
         result.restored_to = target
     except ExportError as error:
@@ -119,7 +133,7 @@ def roll_replica(url: str, model: str, version: int, cases: list[CanaryCase],
     result = ReplicaResult(url)
     try:
         result.previous = rep.ready_versions(client, model)
-        rep.load_version(client, model, version)
+        rep.load_version(client, model, version, timeout)
         rep.wait_serving(client, model, version, timeout)
         result.loaded = True
         result.error = rep.canary_failure(client, model, version, cases)
@@ -144,8 +158,9 @@ def rollout(replicas: Sequence[str], model: str, version: int, *, repo: str | Pa
         replicas: gRPC ``host:port`` of each replica (explicit model control).
         model: Served model name.
         version: The version to serve (its folder must be in the replicas' repository).
-        repo: Local copy of the repository: the canary's expected answers come from
-            onnxruntime on ``repo/model/version/model.onnx``.
+        repo: Local copy of the repository (the canary's expected answers come from
+            onnxruntime on ``repo/model/version/model.onnx``), or the ``s3://`` repository
+            the replicas load (the version must be complete there; the pin moves to it).
         cases: Canary requests per replica.
         timeout: Seconds to wait for a replica to serve the version.
         before_each: Called with a replica's url before it is touched (e.g. drain it
@@ -155,9 +170,11 @@ def rollout(replicas: Sequence[str], model: str, version: int, *, repo: str | Pa
         The report; ``report.completed`` is False when the rollout stopped.
 
     Raises:
-        ExportError: The local version folder is missing or broken (no replica touched).
+        ExportError: The local version folder is missing or broken, or the version is not
+            complete on the store (no replica touched).
     """
-    expected = canary_cases(version_dir(repo, model, version), cases)
+    with _local_copy(repo, model, version) as folder:
+        expected = canary_cases(folder, cases)
     results: list[ReplicaResult] = []
     for position, url in enumerate(replicas):
         if before_each:
@@ -170,11 +187,26 @@ def rollout(replicas: Sequence[str], model: str, version: int, *, repo: str | Pa
         results.append(result)
         if not result.ok:
             return RolloutReport(model, version, results, list(replicas[position + 1:]))
-    return RolloutReport(model, version, results)
+    report = RolloutReport(model, version, results)
+    if url_scheme(repo) is not None:
+        pin_serving_version(repo, model, version)
+        report.pinned_on_store = True
+    return report
+
+
+@contextlib.contextmanager
+def _local_copy(repo: str | Path, model: str, version: int) -> Iterator[Path]:
+    """The version's local folder; for a store, a checked download of a complete version."""
+    if url_scheme(repo) is None:
+        yield version_dir(repo, model, version)
+        return
+    with tempfile.TemporaryDirectory(prefix="kmr-rollout-") as copy:
+        download_version(repo, model, version, copy)
+        yield version_dir(copy, model, version)
 
 
 def previous_version(repo: str | Path, model: str, version: int) -> int:
-    """The highest version below ``version`` in the local repository.
+    """The highest version below ``version`` in the repository (on a store: complete ones).
 
     Example:
         >>> import tempfile
@@ -184,8 +216,11 @@ def previous_version(repo: str | Path, model: str, version: int) -> int:
         ...     previous_version(repo, "ro", 4)
         3
     """
-    folder = Path(repo) / model
-    below = [int(p.name) for p in folder.glob("*") if p.name.isdigit() and int(p.name) < version]
+    if url_scheme(repo) is not None:
+        found = find_complete_versions(repo, model)
+    else:
+        found = [int(p.name) for p in (Path(repo) / model).glob("*") if p.name.isdigit()]
+    below = [v for v in found if v < version]
     if not below:
         raise ExportError(f"no version of {model!r} below {version} in {repo} to roll back to")
     return max(below)

@@ -44,18 +44,22 @@ def ready_versions(client: Any, model: str) -> list[int]:
                   if m.get("name") == model and m.get("state") == "READY" and m.get("version"))
 
 
-def load_version(client: Any, model: str, version: int) -> None:
+def load_version(client: Any, model: str, version: int, timeout: float | None = None) -> None:
     """Asks the replica to serve ``version`` of ``model`` (blocks until Triton answers).
 
+    ``timeout`` bounds the load request (seconds; None: no bound). It matters: a python
+    backend version without ``model.py`` is never answered by tritonserver 2.51.
+
     Raises:
-        ExportError: The server refused the config or the version failed to load (the
-            message holds Triton's reason).
+        ExportError: The server refused the config, the version failed to load (the
+            message holds Triton's reason) or the load was not answered in time.
     """
     from tritonclient.utils import InferenceServerException
 
     try:
-        config = client.get_model_config(model, as_json=True)["config"]
-        client.load_model(model, config=json.dumps(pinned_config(config, version)))
+        config = client.get_model_config(model, as_json=True, client_timeout=RPC_TIMEOUT_S)
+        client.load_model(model, config=json.dumps(pinned_config(config["config"], version)),
+                          client_timeout=timeout)
     except InferenceServerException as error:
         raise ExportError(f"loading {model!r} version {version} failed: {error.message()}") \
             from error

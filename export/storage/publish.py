@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from export.errors import ExportError
-from export.storage.checksums import file_digests
 from export.storage.location import MARKER_FILE, S3Location, parse_repository_url, s3_client
+from export.storage.serving import pinned_version, remote_config, with_pin
+from export.storage.upload import put_verified, upload_verified
 from export.storage.versions import find_complete_versions, list_objects, read_marker
 from export.triton.repository import CONFIG_FILE, existing_versions
-
-MULTIPART_THRESHOLD = 64 << 20  # below: one PUT, whose ETag is the MD5 of the content
 
 
 @dataclass(frozen=True)
@@ -49,28 +48,6 @@ def _local_files(version_dir: Path) -> list[Path]:
     return [p for p in files if p.name != MARKER_FILE]
 
 
-def _upload_verified(client: Any, bucket: str, key: str, path: Path) -> dict[str, Any]:
-    """Uploads one file, then checks the stored size and checksum; returns its entry."""
-    from boto3.s3.transfer import TransferConfig
-
-    size = path.stat().st_size
-    sha256, md5 = file_digests(path)
-    client.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": sha256}},
-                       Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD))
-    head = client.head_object(Bucket=bucket, Key=key)
-    etag = head.get("ETag", "").strip('"')
-    problems = []
-    if head["ContentLength"] != size:
-        problems.append(f"size {head['ContentLength']} != {size}")
-    if head.get("Metadata", {}).get("sha256") != sha256:
-        problems.append("sha256 metadata differs")
-    if "-" not in etag and etag and etag != md5:  # single-part: ETag is the content's MD5
-        problems.append(f"ETag {etag} != MD5 {md5}")
-    if problems:
-        raise ExportError(f"Upload of s3://{bucket}/{key} not verified: {'; '.join(problems)}.")
-    return {"size": size, "sha256": sha256}
-
-
 def _check_target(client: Any, location: S3Location, name: str, version: int,
                   force: bool) -> None:
     """Refuses a complete version unless forced; forced: its marker goes first."""
@@ -86,18 +63,23 @@ def _check_target(client: Any, location: S3Location, name: str, version: int,
 
 def _publish_config(client: Any, location: S3Location, name: str, version: int,
                     config: Path) -> bool:
-    """Uploads config.pbtxt if missing, or changed and ``version`` is the newest."""
-    key = location.key(name, CONFIG_FILE)
-    try:
-        current = client.get_object(Bucket=location.bucket, Key=key)["Body"].read()
-    except client.exceptions.NoSuchKey:
-        current = None
-    if current == config.read_bytes():
+    """Writes the store's config.pbtxt: the newest version's settings, pinned (see serving).
+
+    The pin is this version when the model is new on the store, else the existing pin
+    (publishing is not deploying). A config written before pins existed gets the newest
+    complete version, the one its ``latest`` policy served.
+    """
+    current = remote_config(client, location.url, name)
+    complete = find_complete_versions(location.url, name, client=client)
+    if current is None:
+        pin = version
+    else:
+        pin = pinned_version(current) or max(complete, default=version)
+    newest_settings = current is None or version >= max(complete, default=0)
+    wanted = with_pin(config.read_text(encoding="utf-8") if newest_settings else current, pin)
+    if wanted == current:
         return False
-    newest = max(find_complete_versions(location.url, name, client=client), default=0)
-    if current is not None and version < newest:
-        return False  # config.pbtxt describes the newest version, which is served
-    _upload_verified(client, location.bucket, key, config)
+    put_verified(client, location.bucket, location.key(name, CONFIG_FILE), wanted.encode())
     return True
 
 
@@ -112,8 +94,9 @@ def publish_version(repo: str | os.PathLike[str], name: str, version: int | None
     """Publishes ``<repo>/<name>/<version>`` to the repository at ``url``.
 
     Order: every file uploaded and verified (size, sha256 metadata, MD5 ETag of single-part
-    uploads), stray objects of an earlier attempt removed, ``config.pbtxt`` (if changed and
-    this is the newest version), then the marker. Killed midway, nothing is complete.
+    uploads), stray objects of an earlier attempt removed, ``config.pbtxt`` (pinned to the
+    fleet's version: this one for a new model, else unchanged; see `export.storage.serving`),
+    then the marker. Killed midway, nothing is complete and no replica loads it.
 
     Args:
         repo: The local model repository.
@@ -153,7 +136,7 @@ def _upload_version(client: Any, location: S3Location, model_dir: Path, version:
     try:
         for path in _local_files(version_dir):
             rel = path.relative_to(version_dir).as_posix()
-            files[rel] = _upload_verified(client, location.bucket, folder + rel, path)
+            files[rel] = upload_verified(client, location.bucket, folder + rel, path)
         _remove_strays(client, location.bucket, folder, {folder + rel for rel in files})
         config_uploaded = _publish_config(client, location, name, version,
                                           model_dir / CONFIG_FILE)

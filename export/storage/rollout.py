@@ -18,6 +18,7 @@ from typing import Any
 
 from export.errors import ExportError
 from export.storage.location import parse_repository_url, s3_client
+from export.storage.serving import remote_config, with_pin
 from export.storage.versions import find_complete_versions
 from export.triton.repository import CONFIG_FILE
 
@@ -35,8 +36,7 @@ def pinned_config_text(config_text: str, version: int) -> str:
 
     from export.triton.config import config_from_text
 
-    config = config_from_text(config_text)
-    config.version_policy.specific.versions[:] = [version]
+    config = config_from_text(with_pin(config_text, version))
     return json_format.MessageToJson(config, preserving_proto_field_name=True)
 
 
@@ -53,5 +53,7 @@ def pinned_load_config(url: str | os.PathLike[str], name: str, version: int, *,
     if version not in complete:
         raise ExportError(f"Version {version} of {name!r} is not complete on {location.url} "
                           f"(complete: {complete or 'none'}); refusing to load it.")
-    body = client.get_object(Bucket=location.bucket, Key=location.key(name, CONFIG_FILE))
-    return pinned_config_text(body["Body"].read().decode("utf-8"), version)
+    text = remote_config(client, url, name)
+    if text is None:
+        raise ExportError(f"{name!r} has no {CONFIG_FILE} on {location.url}.")
+    return pinned_config_text(text, version)

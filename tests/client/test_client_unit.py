@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from geventhttpclient.response import HTTPConnectionClosed
 from google.protobuf.json_format import MessageToJson
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException
@@ -730,6 +731,12 @@ def test_config_fetch_retries_when_server_is_starting() -> None:
         (InferenceServerException("x", status="StatusCode.UNAVAILABLE"),
          ServerUnavailableError, "StatusCode.UNAVAILABLE"),
         (InferenceServerException("x", status="503"), ServerUnavailableError, "503"),
+        (InferenceServerException("decoding the response: <html>502 Bad Gateway", status="502"),
+         ServerUnavailableError, "502"),
+        (InferenceServerException("504 Gateway Time-out", status="504"),
+         ServerUnavailableError, "504"),
+        (HTTPConnectionClosed("connection closed."), ServerUnavailableError,
+         "HTTPConnectionClosed"),
         (ConnectionRefusedError(111, "Connection refused"), ServerUnavailableError,
          "ConnectionRefusedError"),
         (InferenceServerException("Request for unknown model: 'm' is not found",

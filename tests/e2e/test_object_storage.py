@@ -20,17 +20,21 @@ import tritonclient.grpc as grpcclient
 from export.errors import ExportError
 from export.storage import (
     MARKER_FILE,
+    download_version,
     find_complete_versions,
+    pin_serving_version,
     pinned_load_config,
     publish_version,
     read_marker,
     remote_versions,
+    serving_version,
 )
 from export.storage.checksums import file_digests
+from export.storage.serving import with_pin
 from export.triton.local_server import LocalTritonServer
 from kmr import contract
 from tests.support.compare import assert_same_results
-from tests.support.object_store import ObjectStoreError, SeaweedS3, seaweedfs
+from tests.support.object_store import FailingClient, SeaweedS3
 from tests.support.served_stack import (
     build_repository,
     export_version,
@@ -46,23 +50,10 @@ RERANK = NAMES[contract.GRAPH_RERANK]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Any:
-    """A SeaweedFS S3 store for the module, with the AWS_* environment pointing at it."""
-    try:
-        context = seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
-        started = time.monotonic()
-        running = context.__enter__()
-    except ObjectStoreError as error:
-        pytest.fail(f"SeaweedFS did not start: {error}", pytrace=False)
-    print(f"seaweedfs S3 ready in {time.monotonic() - started:.1f} s")
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in running.environment().items():
-            patch.setenv(key, value)
-        running.create_bucket(BUCKET)
-        try:
-            yield running
-        finally:
-            context.__exit__(None, None, None)
+def store(s3_store) -> SeaweedS3:
+    """The module's SeaweedFS store (tests/conftest.py), with a bucket for the tests."""
+    s3_store.create_bucket(BUCKET)
+    return s3_store
 
 
 @pytest.fixture(scope="module")
@@ -70,24 +61,9 @@ def local(tmp_path_factory) -> dict[str, Any]:
     """A local repository with version 1 of both graphs, and the artifacts of a v2."""
     root = tmp_path_factory.mktemp("local")
     repo, model_path, version_dirs = build_repository(root, seed=0)
+    v2_model = save_tiny_artifacts(root / "artifacts-seed1", seed=1)
     return {"repo": repo, "model": model_path, "v1": version_dirs,
-            "v2_model": save_tiny_artifacts(root / "artifacts-seed1", seed=1)}
-
-
-class FailingClient:
-    """A boto3 client whose ``upload_file`` raises after ``allowed`` uploads (a kill)."""
-
-    def __init__(self, client: Any, allowed: int) -> None:
-        self._client, self.allowed, self.uploads = client, allowed, 0
-
-    def upload_file(self, *args: Any, **kwargs: Any) -> None:
-        if self.uploads >= self.allowed:
-            raise ConnectionError("simulated kill in the middle of the upload")
-        self.uploads += 1
-        self._client.upload_file(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
+            "v2": export_version(v2_model, repo)}  # local v2, other weights
 
 
 def _url(prefix: str) -> str:
@@ -110,8 +86,9 @@ def test_publish_uploads_every_file_verified_then_marker_when_publishing(store, 
         assert entry["sha256"] == file_digests(version_dir / rel)[0]
     client = store.client()
     body = client.get_object(Bucket=BUCKET, Key=f"pub/{RERANK}/config.pbtxt")["Body"].read()
-    assert body == (local["repo"] / RERANK / "config.pbtxt").read_bytes()
-    assert result.config_uploaded
+    local_config = (local["repo"] / RERANK / "config.pbtxt").read_text()
+    assert body.decode() == with_pin(local_config, 1)  # a new model: its first version
+    assert result.config_uploaded and serving_version(_url("pub"), RERANK) == 1
 
 
 def test_publish_refuses_a_complete_version_unless_forced_when_publishing_twice(store, local):
@@ -159,6 +136,47 @@ def test_cli_publish_and_export_write_complete_versions_when_repo_is_s3(store, l
                  "--name", "cx", "--graph", "both", "--k", "5", "--backend", "python",
                  "--ids", "index"]) == 0  # next version
     assert find_complete_versions(_url("cli-export"), "cx_rerank") == [1, 2]
+
+
+def test_publishing_keeps_the_pin_and_a_pin_moves_only_to_complete_versions(store, local):
+    url = _url("pins")
+    publish_version(local["repo"], RERANK, 1, url)
+    assert publish_version(local["repo"], RERANK, 2, url).config_uploaded is False
+    assert serving_version(url, RERANK) == 1  # publishing is not deploying
+    with pytest.raises(ExportError, match="not complete"):
+        pin_serving_version(url, RERANK, 3)
+    assert pin_serving_version(url, RERANK, 2) == 1
+    assert serving_version(url, RERANK) == 2
+    body = store.client().get_object(Bucket=BUCKET, Key=f"pins/{RERANK}/config.pbtxt")["Body"]
+    assert 'version_policy {\n  specific {\n    versions: 2' in body.read().decode()
+    publish_version(local["repo"], RERANK, 1, url, force=True)  # republishing an old one
+    assert serving_version(url, RERANK) == 2
+
+
+def test_legacy_unpinned_config_gets_the_newest_complete_version(store, local):
+    url = _url("legacy")
+    publish_version(local["repo"], RERANK, 1, url)
+    client = store.client()
+    client.put_object(Bucket=BUCKET, Key=f"legacy/{RERANK}/config.pbtxt",
+                      Body=(local["repo"] / RERANK / "config.pbtxt").read_bytes())
+    assert serving_version(url, RERANK) is None  # as published before pins existed
+    publish_version(local["repo"], RERANK, 2, url)
+    assert serving_version(url, RERANK) == 1  # what its `latest` policy served
+
+
+def test_download_is_checked_against_the_marker(store, local, tmp_path):
+    url = _url("download")
+    publish_version(local["repo"], RERANK, 1, url)
+    folder = download_version(url, RERANK, 1, tmp_path / "copy")
+    source = local["v1"][contract.GRAPH_RERANK]
+    assert (folder / contract.ONNX_FILE).read_bytes() == (source / contract.ONNX_FILE).read_bytes()
+    with pytest.raises(ExportError, match="not complete"):
+        download_version(url, RERANK, 2, tmp_path / "missing")
+    size = (source / contract.ONNX_FILE).stat().st_size  # same size: only the sha256 tells
+    store.client().put_object(Bucket=BUCKET, Key=f"download/{RERANK}/1/{contract.ONNX_FILE}",
+                              Body=b"x" * size)
+    with pytest.raises(ExportError, match="differs from the sha256"):
+        download_version(url, RERANK, 1, tmp_path / "changed")
 
 
 @pytest.mark.parametrize(("url", "says"), [("gs://b/p", "not supported yet"),
@@ -211,7 +229,7 @@ def test_triton_loads_only_complete_versions_from_s3_when_in_explicit_mode(
         store: SeaweedS3, local, triton_home, tmp_path):
     url, served = _url("served"), store.triton_url(BUCKET, "served")
     publish_version(local["repo"], RERANK, 1, url)
-    v2_dirs = export_version(local["v2_model"], local["repo"])  # local v2, other weights
+    v2_dirs = local["v2"]
     empty = tmp_path / "empty"
     empty.mkdir()
     server = LocalTritonServer(empty, model_control_mode="explicit", installation=triton_home,

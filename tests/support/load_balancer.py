@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 INSTALL_HINT = "apt-get install -y nginx-light"
 _CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
@@ -295,25 +295,37 @@ class CheckedLoad:
                 self.ok += 1
                 self.latencies.append((now, now - started))
 
-    def _loop(self, worker: int) -> None:
-        from export.rollout.canary import answer_mismatch
-        from export.rollout.replica import ask, connect
+    def _connect(self) -> Any:
+        from export.rollout.replica import connect
 
-        client = connect(self.url)
+        return connect(self.url)
+
+    def _ask(self, client: Any, index: int) -> tuple[str, str]:
+        """Sends case ``index``; returns (answering version, what is wrong or '')."""
+        from export.rollout.canary import answer_mismatch
+        from export.rollout.replica import ask
+
         cases = next(iter(self.references.values()))
+        version, outputs = ask(client, self.model, None, cases[index])
+        expected = self.references.get(version)
+        return version, ("" if expected is None
+                         else answer_mismatch(expected[index].expected, outputs))
+
+    def _loop(self, worker: int) -> None:
+        client = self._connect()
+        count = len(next(iter(self.references.values())))
         number = worker
         while not self._stop.is_set():
-            index = number % len(cases)
+            index = number % count
             number += 1
             started = time.monotonic()
             try:
-                version, outputs = ask(client, self.model, None, cases[index])
+                version, problem = self._ask(client, index)
             except Exception as error:  # noqa: BLE001  (every failure is counted)
                 self._record(started, None, f"{type(error).__name__}: {error}"[:300])
                 continue
-            expected = self.references.get(version)
-            problem = (f"unexpected version {version}" if expected is None
-                       else answer_mismatch(expected[index].expected, outputs))
+            if version not in self.references:
+                problem = f"unexpected version {version}"
             self._record(started, version, problem)
         client.close()
 
@@ -332,3 +344,44 @@ class CheckedLoad:
         with self._lock:
             return {"ok": self.ok, "wrong": self.wrong, "failed": self.failed,
                     "by_version": dict(self.by_version), "errors": list(self.errors[:5])}
+
+
+class ClientCheckedLoad(CheckedLoad):
+    """`CheckedLoad` through the project client (``client.RecommenderClient``, rerank models).
+
+    ``protocol`` is ``"http"`` or ``"grpc"``; the client's own retries are on, as a service
+    would run it. Each answer is checked on its leading ``num_results`` slots (ids exactly,
+    scores within 1e-4) against the reference of ``Recommendations.model_version``.
+    """
+
+    def __init__(self, url: str, model: str, references: dict[str, list], *,
+                 threads: int = 2, protocol: str = "http") -> None:
+        super().__init__(url, model, references, threads=threads)
+        self.protocol = protocol
+
+    def _connect(self) -> Any:
+        from client import RecommenderClient
+
+        return RecommenderClient(self.url, self.model, protocol=self.protocol, timeout=10.0)
+
+    def _ask(self, client: Any, index: int) -> tuple[str, str]:
+        import numpy as np
+
+        from kmr import contract
+
+        case = next(iter(self.references.values()))[index]
+        answer = client.rerank(case.inputs[contract.USER_ID].reshape(-1),
+                               case.inputs[contract.INPUTS[contract.GRAPH_RERANK][1]])
+        expected = self.references.get(answer.model_version)
+        if expected is None:
+            return answer.model_version, ""
+        want = expected[index].expected
+        count = int(np.asarray(want[contract.NUM_RESULTS]).reshape(-1)[0])
+        ids = [int(v) for v in answer.item_ids[0, :count]]
+        want_ids = want[contract.TOP_ITEM_IDS][0, :count].tolist()
+        if int(answer.num_results[0]) != count or ids != want_ids:
+            return answer.model_version, f"ids {ids} (num_results {answer.num_results[0]})"
+        if not np.allclose(answer.scores[0, :count], want[contract.TOP_SCORES][0, :count],
+                           atol=1e-4, rtol=0):
+            return answer.model_version, f"scores {answer.scores[0, :count].tolist()}"
+        return answer.model_version, ""

@@ -81,6 +81,22 @@ class SeaweedS3:
         self.client().create_bucket(Bucket=bucket)
 
 
+class FailingClient:
+    """A boto3 client whose ``upload_file`` raises after ``allowed`` uploads (a killed upload)."""
+
+    def __init__(self, client: Any, allowed: int) -> None:
+        self._client, self.allowed, self.uploads = client, allowed, 0
+
+    def upload_file(self, *args: Any, **kwargs: Any) -> None:
+        if self.uploads >= self.allowed:
+            raise ConnectionError("simulated kill in the middle of the upload")
+        self.uploads += 1
+        self._client.upload_file(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
 def weed_binary() -> Path:
     """The ``weed`` binary (next to the venv's python, else on PATH); raises if missing."""
     candidate = Path(sys.executable).parent / "weed"
