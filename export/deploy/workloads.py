@@ -2,8 +2,9 @@
 
 Each builder returns the object as a dict, ready for ``yaml.safe_dump``. The server runs
 with ``--model-control-mode=explicit`` and one ``--load-model`` per model: it never
-polls the (object-storage) repository; a new version is rolled out through Triton's
-repository API or by restarting pods. Probes use Triton's health endpoints on the HTTP
+polls the (object-storage) repository. A (re)started pod loads the version the store's
+``config.pbtxt`` pins (`export.storage.serving`), never a half-uploaded one; a new version
+is rolled out with ``kmr-export rollout --repo s3://...``, which moves the pin. Probes use Triton's health endpoints on the HTTP
 port: startup and readiness on ``/v2/health/ready`` (true once every model loaded),
 liveness on ``/v2/health/live``.
 
