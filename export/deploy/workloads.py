@@ -4,9 +4,9 @@ Each builder returns the object as a dict, ready for ``yaml.safe_dump``. The ser
 with ``--model-control-mode=explicit`` and one ``--load-model`` per model: it never
 polls the (object-storage) repository. A (re)started pod loads the version the store's
 ``config.pbtxt`` pins (`export.storage.serving`), never a half-uploaded one; a new version
-is rolled out with ``kmr-export rollout --repo s3://...``, which moves the pin. Probes use Triton's health endpoints on the HTTP
-port: startup and readiness on ``/v2/health/ready`` (true once every model loaded),
-liveness on ``/v2/health/live``.
+is rolled out with ``kmr-export rollout --repo s3://...``, which moves the pin. Probes
+use Triton's health endpoints on the HTTP port: startup and readiness on
+``/v2/health/ready`` (true once every model loaded), liveness on ``/v2/health/live``.
 
 Example:
     >>> from export.deploy.location import parse_repository
