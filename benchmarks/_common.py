@@ -92,6 +92,29 @@ def median_ms(fn: Callable[[], Any], *, repeats: int, warmup: int = 2,
         times.append(time.perf_counter() - start)
         if max_seconds and len(times) >= 3 and time.perf_counter() - start_all > max_seconds:
             break
+    return _stats(times)
+
+
+def interleaved_ms(fns: dict[str, Callable[[], Any]], *, repeats: int, warmup: int = 2,
+                   max_seconds: float | None = None) -> dict[str, dict[str, float]]:
+    """`median_ms` of several functions timed in turn (a, b, a, b, ...), so machine noise
+    hits them alike; returns name -> the same statistics."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start_all = time.perf_counter()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+        if max_seconds and len(times[name]) >= 3 and time.perf_counter() - start_all > max_seconds:
+            break
+    return {name: _stats(values) for name, values in times.items()}
+
+
+def _stats(times: list[float]) -> dict[str, float]:
     arr = 1000 * np.asarray(times)
     return {
         "median_ms": round(float(np.median(arr)), 4),
