@@ -14,6 +14,7 @@ moves); a version that fails to load stops at the first replica; a rollback.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -205,3 +206,18 @@ def test_rollback_from_the_store_moves_the_pin_back(fleet):
     assert _served(replicas) == [[1]] * REPLICAS and serving_version(URL, NAME) == 1
     counts = raw.snapshot()
     assert counts["wrong"] == 0 and counts["failed"] == 0, counts
+
+
+def test_cli_rollout_from_the_store_prints_the_pin(fleet, capsys):
+    from export.cli import main
+
+    replicas = fleet[0]
+    urls = ",".join(_urls(replicas))
+    assert main(["rollout", "--replicas", urls, "--name", NAME, "--version", "2",
+                 "--repo", URL, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["completed"] and printed["pinned_on_store"], printed
+    assert _served(replicas) == [[2]] * REPLICAS and serving_version(URL, NAME) == 2
+    assert main(["rollout", "--replicas", urls, "--name", NAME, "--version", "3",
+                 "--repo", URL]) == 1
+    assert "Version 3 of 'fleet' is not complete" in capsys.readouterr().err
