@@ -189,7 +189,12 @@ def rollout(replicas: Sequence[str], model: str, version: int, *, repo: str | Pa
             return RolloutReport(model, version, results, list(replicas[position + 1:]))
     report = RolloutReport(model, version, results)
     if url_scheme(repo) is not None:
-        pin_serving_version(repo, model, version)
+        try:
+            pin_serving_version(repo, model, version)
+        except ExportError as error:
+            raise ExportError(f"Every replica serves {model!r} version {version}, but moving "
+                              f"the store's pin failed, so a replica started now would load "
+                              f"the old version; run the rollout again: {error}") from error
         report.pinned_on_store = True
     return report
 
