@@ -31,7 +31,7 @@ from export.errors import ExportError
 from export.rollout import replica as rep
 from export.rollout.canary import DEFAULT_CASES, CanaryCase, canary_cases, version_dir
 from export.storage import download_version, find_complete_versions, pin_serving_version
-from export.storage.location import url_scheme
+from export.storage.location import parse_repository_url, store_errors, url_scheme
 
 Hook = Callable[[str], None]
 
@@ -190,7 +190,8 @@ def rollout(replicas: Sequence[str], model: str, version: int, *, repo: str | Pa
     report = RolloutReport(model, version, results)
     if url_scheme(repo) is not None:
         try:
-            pin_serving_version(repo, model, version)
+            with store_errors(parse_repository_url(repo)):
+                pin_serving_version(repo, model, version)
         except ExportError as error:
             raise ExportError(f"Every replica serves {model!r} version {version}, but moving "
                               f"the store's pin failed, so a replica started now would load "
@@ -206,7 +207,8 @@ def _local_copy(repo: str | Path, model: str, version: int) -> Iterator[Path]:
         yield version_dir(repo, model, version)
         return
     with tempfile.TemporaryDirectory(prefix="kmr-rollout-") as copy:
-        download_version(repo, model, version, copy)
+        with store_errors(parse_repository_url(repo)):
+            download_version(repo, model, version, copy)
         yield version_dir(copy, model, version)
 
 
@@ -222,7 +224,8 @@ def previous_version(repo: str | Path, model: str, version: int) -> int:
         3
     """
     if url_scheme(repo) is not None:
-        found = find_complete_versions(repo, model)
+        with store_errors(parse_repository_url(repo)):
+            found = find_complete_versions(repo, model)
     else:
         found = [int(p.name) for p in (Path(repo) / model).glob("*") if p.name.isdigit()]
     below = [v for v in found if v < version]
