@@ -179,6 +179,14 @@ def test_download_is_checked_against_the_marker(store, local, tmp_path):
         download_version(url, RERANK, 1, tmp_path / "changed")
 
 
+def test_rollout_from_an_unreachable_store_fails_before_any_replica(monkeypatch):
+    from export.rollout import rollout
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(ExportError, match="Object store s3://models/x failed"):
+        rollout(["127.0.0.1:1"], RERANK, 2, repo="s3://models/x")  # the replica is never called
+
+
 @pytest.mark.parametrize(("url", "says"), [("gs://b/p", "not supported yet"),
                                            ("https://host/repo", "not a supported"),
                                            ("file:///tmp/x", "not a supported")])
