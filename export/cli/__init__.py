@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("export.cli.deploy", "write Kubernetes manifests for a published repository"),
     "rollout": ("export.cli.rollout", "load a version on each replica in turn, canary-checked"),
     "publish": ("export.cli.publish", "copy a local repository version to object storage"),
+    "pin": ("export.cli.pin", "show or set the version replicas load from object storage"),
 }
 
 

@@ -1,7 +1,8 @@
 """``kmr-export publish``: copy a local repository version up to object storage.
 
-Every file of the version is uploaded and verified, then ``config.pbtxt`` (if changed),
-then the completion marker (see `export.storage`). Endpoint and credentials come from the
+Every file of the version is uploaded and verified, then ``config.pbtxt`` (if changed; it
+keeps pinning the fleet's version, see ``kmr-export pin``), then the completion marker
+(see `export.storage`). Endpoint and credentials come from the
 standard ``AWS_*`` environment variables.
 
 Example:

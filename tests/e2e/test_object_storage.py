@@ -153,6 +153,21 @@ def test_publishing_keeps_the_pin_and_a_pin_moves_only_to_complete_versions(stor
     assert serving_version(url, RERANK) == 2
 
 
+def test_cli_pin_shows_and_moves_the_pin(store, local, capsys):
+    from export.cli import main
+
+    url = _url("cli-pin")
+    publish_version(local["repo"], RERANK, 1, url)
+    publish_version(local["repo"], RERANK, 2, url)
+    assert main(["pin", "--repo", url, "--name", RERANK]) == 0
+    assert "pinned to version 1 (complete: [1, 2])" in capsys.readouterr().out
+    assert main(["pin", "--repo", url, "--name", RERANK, "--version", "2"]) == 0
+    assert "pinned to version 2 (was 1)" in capsys.readouterr().out
+    assert serving_version(url, RERANK) == 2
+    assert main(["pin", "--repo", url, "--name", RERANK, "--version", "5"]) == 1
+    assert "Version 5 of" in capsys.readouterr().err and serving_version(url, RERANK) == 2
+
+
 def test_legacy_unpinned_config_gets_the_newest_complete_version(store, local):
     url = _url("legacy")
     publish_version(local["repo"], RERANK, 1, url)
