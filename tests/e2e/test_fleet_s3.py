@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 
 from export.errors import ExportError
-from export.rollout import replica as rep
 from export.rollout import rollback, rollout
 from export.rollout.canary import canary_cases
 from export.storage import (
@@ -41,6 +40,13 @@ from tests.support.load_balancer import (
     require_nginx,
 )
 from tests.support.object_store import FailingClient
+from tests.support.replicas import (
+    drained,
+    export_rerank,
+    grpc_urls,
+    running,
+    served_versions,
+)
 
 pytestmark = pytest.mark.slow
 NAME = "fleet"
@@ -50,15 +56,6 @@ REPLICAS = 3
 THREADS = 3
 
 
-def _export(root: Path, repo: Path, seed: int) -> Path:
-    from export.api import ExportOptions, export_model
-    from tests.support.export_helpers import save_artifacts, tiny_model
-
-    model_path = save_artifacts(tiny_model(seed=seed), root / f"artifacts-{seed}")
-    options = ExportOptions(name=NAME, graph="rerank", k=5, backend="python")
-    return export_model(model_path, repo, options).models[0].version_dir
-
-
 @pytest.fixture(scope="module")
 def fleet(s3_store, triton_home, tmp_path_factory):
     """(replicas, nginx, local repo, references by version); every replica on version 1."""
@@ -66,7 +63,7 @@ def fleet(s3_store, triton_home, tmp_path_factory):
     s3_store.create_bucket(BUCKET)
     root = tmp_path_factory.mktemp("fleet")
     repo = root / "repo"
-    dirs = {version: _export(root, repo, seed=version - 1) for version in (1, 2, 3, 4)}
+    dirs = {version: export_rerank(root, repo, NAME, seed=version - 1) for version in (1, 2, 3, 4)}
     publish_version(repo, NAME, 1, URL)  # a new model: the store's config pins v1
     empty = root / "no-local-models"
     empty.mkdir()
@@ -75,28 +72,9 @@ def fleet(s3_store, triton_home, tmp_path_factory):
                                               f"{s3_store.triton_url(BUCKET, PREFIX)}"])
                 for _ in range(REPLICAS)]
     references = {str(v): canary_cases(dirs[v], 16, requests_from=dirs[1]) for v in (1, 2)}
-    try:
-        for server in replicas:
-            server.start()
-        for server in replicas:
-            server.wait_until_ready()
-        with NginxBalancer([s.grpc_url for s in replicas], [s.http_url for s in replicas]) as lb:
-            yield replicas, lb, repo, references
-    finally:
-        for server in replicas:
-            server.stop()
-
-
-def _urls(replicas) -> list[str]:
-    return [s.grpc_url for s in replicas]
-
-
-def _served(replicas) -> list[list[int]]:
-    return [rep.ready_versions(rep.connect(s.grpc_url), NAME) for s in replicas]
-
-
-def _drained(lb) -> dict:
-    return {"before_each": lb.drain, "after_each": lb.undrain}
+    with running(replicas), NginxBalancer([s.grpc_url for s in replicas],
+                                          [s.http_url for s in replicas]) as lb:
+        yield replicas, lb, repo, references
 
 
 def _restart(server: LocalTritonServer) -> None:
@@ -113,7 +91,7 @@ def _loads(lb, references) -> tuple[CheckedLoad, ClientCheckedLoad]:
 
 def test_a_restarted_replica_loads_the_pinned_version_never_a_half_upload(fleet, s3_store):
     replicas, lb, repo, references = fleet
-    assert _served(replicas) == [[1]] * REPLICAS
+    assert served_versions(replicas, NAME) == [[1]] * REPLICAS
     publish_version(repo, NAME, 2, URL)  # complete, not rolled out: the pin stays on 1
     with pytest.raises(ExportError, match="stays incomplete"):
         publish_version(repo, NAME, 3, URL, client=FailingClient(s3_store.client(), allowed=1))
@@ -133,7 +111,8 @@ def test_a_restarted_replica_loads_the_pinned_version_never_a_half_upload(fleet,
     counts, through_client = raw.snapshot(), project.snapshot()
     print("kill + restart:", counts, "project client:", through_client,
           f"restart took {restarted_at - killed_at:.1f} s")
-    assert _served(replicas) == [[1]] * REPLICAS  # never 2 (not rolled out), never 3 (half)
+    # never 2 (not rolled out), never 3 (half uploaded)
+    assert served_versions(replicas, NAME) == [[1]] * REPLICAS
     assert counts["wrong"] == 0 and through_client["wrong"] == 0, (counts, through_client)
     assert counts["by_version"].keys() == {"1"}, counts
     assert counts["failed"] <= THREADS, counts  # at most the requests in flight on the victim
@@ -144,26 +123,27 @@ def test_a_restarted_replica_loads_the_pinned_version_never_a_half_upload(fleet,
 
 def test_rollout_from_the_store_refuses_the_half_version_then_moves_the_pin(fleet):
     replicas, lb, _, references = fleet
-    before = _served(replicas)
+    before = served_versions(replicas, NAME)
     with pytest.raises(ExportError, match="not complete"):
-        rollout(_urls(replicas), NAME, 3, repo=URL)
-    assert _served(replicas) == before
+        rollout(grpc_urls(replicas), NAME, 3, repo=URL)
+    assert served_versions(replicas, NAME) == before
 
     raw, project = _loads(lb, references)
     with raw, project:
         time.sleep(1.0)
-        report = rollout(_urls(replicas), NAME, 2, repo=URL, **_drained(lb))
+        report = rollout(grpc_urls(replicas), NAME, 2, repo=URL, **drained(lb))
         time.sleep(1.0)
     counts, through_client = raw.snapshot(), project.snapshot()
     print(report.summary(), counts, through_client)
     assert report.completed and report.pinned_on_store, report.summary()
-    assert _served(replicas) == [[2]] * REPLICAS and serving_version(URL, NAME) == 2
+    assert served_versions(replicas, NAME) == [[2]] * REPLICAS and serving_version(URL, NAME) == 2
     for load in (counts, through_client):
         assert load["wrong"] == 0 and load["failed"] == 0, load
     assert counts["by_version"].get("1", 0) > 0 and counts["by_version"].get("2", 0) > 0
 
     _restart(replicas[-1])
-    assert _served(replicas)[-1] == [2]  # a replica started after the rollout: the new pin
+    # a replica started after the rollout loads the new pin
+    assert served_versions(replicas, NAME)[-1] == [2]
 
 
 def _break_python_backend(version_dir: Path) -> None:
@@ -176,34 +156,34 @@ def _break_python_backend(version_dir: Path) -> None:
 
 def test_a_version_that_fails_to_load_stops_at_the_first_replica(fleet):
     replicas, lb, repo, references = fleet
-    if _served(replicas) != [[2]] * REPLICAS:
-        assert rollout(_urls(replicas), NAME, 2, repo=URL).completed
+    if served_versions(replicas, NAME) != [[2]] * REPLICAS:
+        assert rollout(grpc_urls(replicas), NAME, 2, repo=URL).completed
     _break_python_backend(repo / NAME / "4")
     publish_version(repo, NAME, 4, URL)
     raw, _ = _loads(lb, references)
     with raw:
         time.sleep(0.5)
-        report = rollout(_urls(replicas), NAME, 4, repo=URL, **_drained(lb))
+        report = rollout(grpc_urls(replicas), NAME, 4, repo=URL, **drained(lb))
         time.sleep(0.5)
     counts = raw.snapshot()
     print(report.summary(), counts)
     first = report.replicas[0]
     assert not report.completed and not report.pinned_on_store
-    assert len(report.replicas) == 1 and report.untouched == _urls(replicas)[1:]
+    assert len(report.replicas) == 1 and report.untouched == grpc_urls(replicas)[1:]
     assert not first.loaded and first.restored_to == 2, report.summary()
-    assert _served(replicas) == [[2]] * REPLICAS and serving_version(URL, NAME) == 2
+    assert served_versions(replicas, NAME) == [[2]] * REPLICAS and serving_version(URL, NAME) == 2
     assert counts["wrong"] == 0 and counts["failed"] == 0 and counts["ok"] > 20, counts
 
 
 def test_rollback_from_the_store_moves_the_pin_back(fleet):
     replicas, lb, _, references = fleet
-    if _served(replicas) != [[2]] * REPLICAS:
-        assert rollout(_urls(replicas), NAME, 2, repo=URL).completed
+    if served_versions(replicas, NAME) != [[2]] * REPLICAS:
+        assert rollout(grpc_urls(replicas), NAME, 2, repo=URL).completed
     raw, _ = _loads(lb, references)
     with raw:
-        report = rollback(_urls(replicas), NAME, 2, repo=URL, **_drained(lb))
+        report = rollback(grpc_urls(replicas), NAME, 2, repo=URL, **drained(lb))
     assert report.completed and report.version == 1, report.summary()
-    assert _served(replicas) == [[1]] * REPLICAS and serving_version(URL, NAME) == 1
+    assert served_versions(replicas, NAME) == [[1]] * REPLICAS and serving_version(URL, NAME) == 1
     counts = raw.snapshot()
     assert counts["wrong"] == 0 and counts["failed"] == 0, counts
 
@@ -212,12 +192,12 @@ def test_cli_rollout_from_the_store_prints_the_pin(fleet, capsys):
     from export.cli import main
 
     replicas = fleet[0]
-    urls = ",".join(_urls(replicas))
+    urls = ",".join(grpc_urls(replicas))
     assert main(["rollout", "--replicas", urls, "--name", NAME, "--version", "2",
                  "--repo", URL, "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["completed"] and printed["pinned_on_store"], printed
-    assert _served(replicas) == [[2]] * REPLICAS and serving_version(URL, NAME) == 2
+    assert served_versions(replicas, NAME) == [[2]] * REPLICAS and serving_version(URL, NAME) == 2
     assert main(["rollout", "--replicas", urls, "--name", NAME, "--version", "3",
                  "--repo", URL]) == 1
     assert "Version 3 of 'fleet' is not complete" in capsys.readouterr().err

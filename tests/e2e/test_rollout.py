@@ -16,25 +16,22 @@ from pathlib import Path
 
 import pytest
 
-from export.rollout import replica as rep
 from export.rollout import rollback, rollout
 from export.rollout.canary import canary_cases
 from export.triton.local_server import LocalTritonServer
 from tests.support.load_balancer import CheckedLoad, NginxBalancer, require_nginx
+from tests.support.replicas import (
+    drained,
+    export_rerank,
+    grpc_urls,
+    running,
+    served_versions,
+)
 
 pytestmark = pytest.mark.slow
 NAME = "ro"
 THREADS = 4
 FAILED_BOUND_ROLLOUT = 0  # goal and bound: Triton swaps versions without refusing requests
-
-
-def _export(root: Path, repo: Path, seed: int) -> Path:
-    from export.api import ExportOptions, export_model
-    from tests.support.export_helpers import save_artifacts, tiny_model
-
-    model_path = save_artifacts(tiny_model(seed=seed), root / f"artifacts-{seed}")
-    options = ExportOptions(name=NAME, graph="rerank", k=5, backend="python")
-    return export_model(model_path, repo, options).models[0].version_dir
 
 
 @pytest.fixture(scope="module")
@@ -43,39 +40,19 @@ def cluster(triton_home, tmp_path_factory):
     require_nginx()
     root = tmp_path_factory.mktemp("rollout")
     repo = root / "repo"
-    v1 = _export(root, repo, seed=0)
+    v1 = export_rerank(root, repo, NAME, seed=0)
     servers = [LocalTritonServer(repo, model_control_mode="explicit", installation=triton_home)
                for _ in range(2)]
-    try:
-        for server in servers:
-            server.start()
-        for server in servers:
-            server.wait_until_ready()
-        v2 = _export(root, repo, seed=1)
+    with running(servers):
+        v2 = export_rerank(root, repo, NAME, seed=1)
         references = {str(v): canary_cases(d, 16, requests_from=v1)
                       for v, d in ((1, v1), (2, v2))}
         with NginxBalancer([s.grpc_url for s in servers], [s.http_url for s in servers]) as lb:
             yield servers, lb, repo, references
-    finally:
-        for server in servers:
-            server.stop()
-
-
-def _urls(servers) -> list[str]:
-    return [s.grpc_url for s in servers]
-
-
-def _served(servers) -> list[list[int]]:
-    return [rep.ready_versions(rep.connect(s.grpc_url), NAME) for s in servers]
-
-
-def _drained(lb) -> dict:
-    """Rollout hooks: nginx routes around the replica being loaded and checked."""
-    return {"before_each": lb.drain, "after_each": lb.undrain}
 
 
 def _set_all(servers, repo, version: int) -> None:
-    report = rollout(_urls(servers), NAME, version, repo=repo)
+    report = rollout(grpc_urls(servers), NAME, version, repo=repo)
     assert report.completed, report.summary()
 
 
@@ -84,7 +61,7 @@ def test_rollout_v2_under_load_no_wrong_and_no_failed_answers(cluster):
     _set_all(servers, repo, 1)
     with CheckedLoad(lb.grpc_url, NAME, references, threads=THREADS) as load:
         time.sleep(1.0)
-        report = rollout(_urls(servers), NAME, 2, repo=repo, **_drained(lb))
+        report = rollout(grpc_urls(servers), NAME, 2, repo=repo, **drained(lb))
         time.sleep(1.0)
         during = load.snapshot()
         ok_before_tail = load.by_version.get("1", 0)
@@ -93,16 +70,16 @@ def test_rollout_v2_under_load_no_wrong_and_no_failed_answers(cluster):
     print(report.summary(), counts)
     assert report.completed, report.summary()
     assert [r.previous for r in report.replicas] == [[1], [1]]
-    assert _served(servers) == [[2], [2]]
+    assert served_versions(servers, NAME) == [[2], [2]]
     assert counts["wrong"] == 0, counts
     assert counts["failed"] <= FAILED_BOUND_ROLLOUT, counts
     assert counts["by_version"].get("1", 0) > 0 and counts["by_version"].get("2", 0) > 0
     assert counts["by_version"]["1"] == ok_before_tail  # once rolled out, only v2 answers
     assert during["ok"] > 50, during
 
-    back = rollback(_urls(servers), NAME, 2, repo=repo, **_drained(lb))
+    back = rollback(grpc_urls(servers), NAME, 2, repo=repo, **drained(lb))
     assert back.completed and back.version == 1, back.summary()
-    assert _served(servers) == [[1], [1]]
+    assert served_versions(servers, NAME) == [[1], [1]]
 
 
 def _broken_versions(repo: Path, canary_repo: Path, kind: str) -> None:
@@ -124,7 +101,7 @@ def test_broken_version_stops_at_first_replica(cluster, tmp_path, kind):
     try:
         with CheckedLoad(lb.grpc_url, NAME, references, threads=THREADS) as load:
             time.sleep(0.5)
-            report = rollout(_urls(servers), NAME, 3, repo=tmp_path, **_drained(lb))
+            report = rollout(grpc_urls(servers), NAME, 3, repo=tmp_path, **drained(lb))
             time.sleep(0.5)
     finally:
         shutil.rmtree(repo / NAME / "3")
@@ -136,7 +113,7 @@ def test_broken_version_stops_at_first_replica(cluster, tmp_path, kind):
     assert first.loaded is (kind == "wrong_weights") and not first.canary_ok
     assert ("canary request 0" if kind == "wrong_weights" else "failed") in first.error
     assert first.restored_to == 2
-    assert _served(servers) == [[2], [2]]
+    assert served_versions(servers, NAME) == [[2], [2]]
     assert counts["wrong"] == 0 and "3" not in counts["by_version"], counts
     assert counts["failed"] <= FAILED_BOUND_ROLLOUT, counts
 
@@ -148,10 +125,10 @@ def test_broken_local_copy_refused_before_any_replica(cluster, tmp_path):
     (tmp_path / NAME / "3" / "model.onnx").write_bytes(b"junk")
     from export.errors import ExportError
 
-    before = _served(servers)
+    before = served_versions(servers, NAME)
     with pytest.raises(ExportError, match="does not load in onnxruntime"):
-        rollout(_urls(servers), NAME, 3, repo=tmp_path)
-    assert _served(servers) == before
+        rollout(grpc_urls(servers), NAME, 3, repo=tmp_path)
+    assert served_versions(servers, NAME) == before
 
 
 def test_killed_replica_only_in_flight_requests_fail(cluster):
@@ -185,14 +162,14 @@ def test_cli_rollout_and_rollback(cluster, capsys):
     from export.cli import main
 
     servers, _, repo, _ = cluster
-    urls = ",".join(_urls(servers))
+    urls = ",".join(grpc_urls(servers))
     _set_all(servers, repo, 1)
     assert main(["rollout", "--replicas", urls, "--name", NAME, "--version", "2",
                  "--repo", str(repo)]) == 0
-    assert "completed" in capsys.readouterr().out and _served(servers) == [[2], [2]]
+    assert "completed" in capsys.readouterr().out and served_versions(servers, NAME) == [[2], [2]]
     assert main(["rollout", "--replicas", urls, "--name", NAME, "--version", "2",
                  "--repo", str(repo), "--rollback"]) == 0
-    assert _served(servers) == [[1], [1]]
+    assert served_versions(servers, NAME) == [[1], [1]]
     assert main(["rollout", "--replicas", urls, "--name", NAME, "--version", "7",
                  "--repo", str(repo)]) == 1
     assert "error: no model.onnx for 'ro' version 7" in capsys.readouterr().err
