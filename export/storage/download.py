@@ -9,7 +9,7 @@ from typing import Any
 from export.errors import ExportError
 from export.storage.checksums import file_digests
 from export.storage.location import parse_repository_url, s3_client
-from export.storage.versions import find_complete_versions, read_marker
+from export.storage.versions import require_complete
 
 
 def download_version(url: str | os.PathLike[str], name: str, version: int,
@@ -29,11 +29,7 @@ def download_version(url: str | os.PathLike[str], name: str, version: int,
     """
     location = parse_repository_url(url)
     client = client or s3_client()
-    complete = find_complete_versions(url, name, client=client)
-    marker = read_marker(url, name, version, client=client) if version in complete else None
-    if marker is None:
-        raise ExportError(f"Version {version} of {name!r} is not complete on {location.url} "
-                          f"(complete: {complete or 'none'}); refusing to use it.")
+    marker = require_complete(url, name, version, refusing="use", client=client)
     folder = Path(repo) / name / str(version)
     for rel, entry in sorted(marker["files"].items()):
         target = folder / rel

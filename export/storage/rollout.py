@@ -19,7 +19,7 @@ from typing import Any
 from export.errors import ExportError
 from export.storage.location import parse_repository_url, s3_client
 from export.storage.serving import remote_config, with_pin
-from export.storage.versions import find_complete_versions
+from export.storage.versions import require_complete
 from export.triton.repository import CONFIG_FILE
 
 
@@ -49,10 +49,7 @@ def pinned_load_config(url: str | os.PathLike[str], name: str, version: int, *,
     """
     location = parse_repository_url(url)
     client = client or s3_client()
-    complete = find_complete_versions(url, name, client=client)
-    if version not in complete:
-        raise ExportError(f"Version {version} of {name!r} is not complete on {location.url} "
-                          f"(complete: {complete or 'none'}); refusing to load it.")
+    require_complete(url, name, version, refusing="load", client=client)
     text = remote_config(client, url, name)
     if text is None:
         raise ExportError(f"{name!r} has no {CONFIG_FILE} on {location.url}.")

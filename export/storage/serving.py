@@ -27,7 +27,7 @@ from typing import Any
 from export.errors import ExportError
 from export.storage.location import parse_repository_url, s3_client
 from export.storage.upload import put_verified
-from export.storage.versions import find_complete_versions
+from export.storage.versions import require_complete
 from export.triton.repository import CONFIG_FILE
 
 
@@ -85,10 +85,7 @@ def pin_serving_version(url: str | os.PathLike[str], name: str, version: int, *,
     text = remote_config(client, url, name)
     if text is None:
         raise ExportError(f"{name!r} has no {CONFIG_FILE} on {location.url}: publish it first.")
-    complete = find_complete_versions(url, name, client=client)
-    if version not in complete:
-        raise ExportError(f"Version {version} of {name!r} is not complete on {location.url} "
-                          f"(complete: {complete or 'none'}); refusing to pin it.")
+    require_complete(url, name, version, refusing="pin", client=client)
     before = pinned_version(text)
     if before != version:
         put_verified(client, location.bucket, location.key(name, CONFIG_FILE),

@@ -57,18 +57,41 @@ def read_marker(url: str | os.PathLike[str], name: str, version: int, *,
     return marker if isinstance(marker, dict) else None
 
 
-def is_complete(url: str | os.PathLike[str], name: str, version: int, *,
-                client: Any = None) -> bool:
-    """Whether the version has its marker and every file it lists, with those sizes."""
+def complete_marker(url: str | os.PathLike[str], name: str, version: int, *,
+                    client: Any = None) -> dict | None:
+    """The version's marker when the version is complete (see `is_complete`), else None."""
     location = parse_repository_url(url)
     client = client or s3_client()
     marker = read_marker(url, name, version, client=client)
     if marker is None or not isinstance(marker.get("files"), dict):
-        return False
+        return None
     folder = location.key(name, str(version)) + "/"
     sizes = list_objects(client, location.bucket, folder)
-    return all(sizes.get(folder + rel) == entry.get("size")
-               for rel, entry in marker["files"].items())
+    complete = all(sizes.get(folder + rel) == entry.get("size")
+                   for rel, entry in marker["files"].items())
+    return marker if complete else None
+
+
+def is_complete(url: str | os.PathLike[str], name: str, version: int, *,
+                client: Any = None) -> bool:
+    """Whether the version has its marker and every file it lists, with those sizes."""
+    return complete_marker(url, name, version, client=client) is not None
+
+
+def require_complete(url: str | os.PathLike[str], name: str, version: int, *,
+                     refusing: str, client: Any = None) -> dict:
+    """The marker of a complete version; ExportError naming the complete ones otherwise.
+
+    ``refusing`` ends the message: "refusing to {refusing} it".
+    """
+    client = client or s3_client()
+    marker = complete_marker(url, name, version, client=client)
+    if marker is None:
+        complete = find_complete_versions(url, name, client=client)
+        raise ExportError(f"Version {version} of {name!r} is not complete on "
+                          f"{parse_repository_url(url).url} (complete: {complete or 'none'}); "
+                          f"refusing to {refusing} it.")
+    return marker
 
 
 def find_complete_versions(url: str | os.PathLike[str], name: str, *,
