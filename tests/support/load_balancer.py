@@ -268,6 +268,7 @@ class CheckedLoad:
         import threading
 
         self.url, self.model, self.references, self.threads = url, model, references, threads
+        self.cases = next(iter(references.values()))  # the requests (same in every version)
         self.ok = self.wrong = self.failed = 0
         self.by_version: dict[str, int] = {}
         self.errors: list[str] = []
@@ -305,15 +306,14 @@ class CheckedLoad:
         from export.rollout.canary import answer_mismatch
         from export.rollout.replica import ask
 
-        cases = next(iter(self.references.values()))
-        version, outputs = ask(client, self.model, None, cases[index])
+        version, outputs = ask(client, self.model, None, self.cases[index])
         expected = self.references.get(version)
         return version, ("" if expected is None
                          else answer_mismatch(expected[index].expected, outputs))
 
     def _loop(self, worker: int) -> None:
         client = self._connect()
-        count = len(next(iter(self.references.values())))
+        count = len(self.cases)
         number = worker
         while not self._stop.is_set():
             index = number % count
@@ -369,7 +369,7 @@ class ClientCheckedLoad(CheckedLoad):
 
         from kmr import contract
 
-        case = next(iter(self.references.values()))[index]
+        case = self.cases[index]
         answer = client.rerank(case.inputs[contract.USER_ID].reshape(-1),
                                case.inputs[contract.INPUTS[contract.GRAPH_RERANK][1]])
         expected = self.references.get(answer.model_version)
