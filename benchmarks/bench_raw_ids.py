@@ -2,8 +2,9 @@
 
 One random-weight recommender per size is built and saved (subprocess), then for int ids
 (``int``: contiguous 0..n-1, served by arithmetic, no table; ``sparse``: 7i+3, served by
-LabelEncoder + Gather) and string ids (``sku-000000042``) it is exported with
-``ids="raw"`` and ``ids="index"``
+the default lookups -- LabelEncoder in the rerank graph, the compact minimal perfect hash
+in the retrieve graph -- and once more with ``id_lookup="compact"`` for both) and string
+ids (``sku-000000042``, LabelEncoder) it is exported with ``ids="raw"`` and ``ids="index"``
 (subprocess under ``/usr/bin/time -v``: wall time, peak RSS). Each published
 ``model.onnx`` is loaded in a fresh process (load time, RSS delta) and timed in-process
 with onnxruntime (CPU): rerank of N candidates and full-catalogue retrieve, B=1 and B=64.
@@ -70,8 +71,9 @@ import os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.getcwd())
 from export.api import ExportOptions, export_model
+ids, _, lookup = sys.argv[3].partition("+")
 result = export_model(sys.argv[1], sys.argv[2], ExportOptions(graph="both", k=int(sys.argv[4]),
-                      ids=sys.argv[3], force=True))
+                      ids=ids, id_lookup=lookup or "auto", force=True))
 print("TIMINGS", __import__("json").dumps(result.timings))
 """
 
@@ -155,7 +157,7 @@ def make_feed(session, graph: str, kind: str, mode: str, batch: int, items: int,
     users = rng.integers(0, num_users, size=(batch,))  # user_id is [B] in ONNX
     other = rng.integers(0, items, size=(batch, N_CANDIDATES if graph == "rerank" else 1))
     names = [i.name for i in session.get_inputs()]
-    if mode == "raw":
+    if mode.startswith("raw"):
         feed = {names[0]: raw_feed(kind, users, "user-{:08d}"),
                 names[1]: raw_feed(kind, other, "sku-{:09d}")}
     else:
@@ -202,7 +204,8 @@ def run_kind(artifacts: Path, workdir: Path, kind: str, items: int,
              threads: int) -> list[dict]:
     """Both modes of one id kind: exported, loaded, then timed side by side."""
     entries, paths = {}, {}
-    for mode in ("index", "raw"):
+    modes = ("index", "raw", "raw+compact") if kind == "sparse" else ("index", "raw")
+    for mode in modes:
         entries[mode], paths[mode] = run_config(artifacts, workdir / f"repo-{mode}", kind, mode)
     for graph in paths["index"]:
         timed = time_pair({m: paths[m][graph] for m in paths}, graph, kind, items, threads)
@@ -210,7 +213,7 @@ def run_kind(artifacts: Path, workdir: Path, kind: str, items: int,
             entries[mode]["graphs"][graph]["latency"] = rows
     for mode in paths:
         shutil.rmtree(workdir / f"repo-{mode}", ignore_errors=True)
-    return [entries["index"], entries["raw"]]
+    return [entries[mode] for mode in modes]
 
 
 def run_size(users: int, items: int, dim: int, threads: int, workdir: Path) -> list[dict]:
@@ -235,8 +238,14 @@ def _pairs(results: list[dict]):
     """``(index entry, raw entry)`` of each (size, id kind)."""
     by_key = {(r["items"], r["kind"], r["mode"]): r for r in results}
     for (items, kind, mode), raw in by_key.items():
-        if mode == "raw" and (items, kind, "index") in by_key:
+        if mode.startswith("raw") and (items, kind, "index") in by_key:
             yield by_key[(items, kind, "index")], raw
+
+
+def _label(raw: dict) -> str:
+    """``sparse`` (default lookups: LabelEncoder for rerank, compact for retrieve) or
+    ``sparse, compact`` (compact for both graphs)."""
+    return raw["kind"] + (", compact" if raw["mode"] == "raw+compact" else "")
 
 
 def compare(results: list[dict]) -> dict[str, list[dict]]:
@@ -248,7 +257,7 @@ def compare(results: list[dict]) -> dict[str, list[dict]]:
             gi, gr = index["graphs"][graph], raw["graphs"][graph]
             for li, lr in zip(gi["latency"], gr["latency"], strict=True):
                 ratio = lr["median_ms"] / li["median_ms"]
-                latency.append({"items": raw["items"], "kind": raw["kind"], "graph": graph,
+                latency.append({"items": raw["items"], "kind": _label(raw), "graph": graph,
                                 "batch": li["batch"], "index_ms": li["median_ms"],
                                 "raw_ms": lr["median_ms"], "ratio": round(ratio, 3),
                                 "index_p10_ms": li["p10_ms"], "raw_p10_ms": lr["p10_ms"],
@@ -256,14 +265,14 @@ def compare(results: list[dict]) -> dict[str, list[dict]]:
                                 "goal_met": ratio <= 1.10})
             extra = gr["rss_delta_bytes"] - gi["rss_delta_bytes"]
             files = (gr["onnx_bytes"] + gr["data_bytes"]) - (gi["onnx_bytes"] + gi["data_bytes"])
-            memory.append({"items": raw["items"], "kind": raw["kind"], "graph": graph,
+            memory.append({"items": raw["items"], "kind": _label(raw), "graph": graph,
                            "vocab_bytes": vocab, "vocab_python_bytes": raw["vocab_python_bytes"],
                            "session_extra_bytes": extra,
                            "session_extra_over_vocab": round(extra / vocab, 2),
                            "file_extra_bytes": files,
                            "goal_met": extra <= 1.5 * vocab})
         ex = raw["export_peak_rss_bytes"] - index["export_peak_rss_bytes"]
-        memory.append({"items": raw["items"], "kind": raw["kind"], "graph": "export (both)",
+        memory.append({"items": raw["items"], "kind": _label(raw), "graph": "export (both)",
                        "vocab_bytes": vocab, "vocab_python_bytes": raw["vocab_python_bytes"],
                        "session_extra_bytes": ex, "session_extra_over_vocab": round(ex / vocab, 2),
                        "file_extra_bytes": None, "goal_met": ex <= 1.5 * vocab})

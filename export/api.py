@@ -58,6 +58,7 @@ BACKEND_PYTHON = "python"
 BACKENDS = (BACKEND_ONNXRUNTIME, BACKEND_PYTHON)
 IDS_RAW, IDS_INDEX = "raw", "index"
 ID_MODES = (IDS_RAW, IDS_INDEX)
+
 PYTHON_BACKEND_FILE = Path(__file__).parent / "triton" / "python_backend" / "model.py"
 
 Progress = Callable[[str, float, str], None]
@@ -118,6 +119,13 @@ class ExportOptions:
         ids: ``"raw"`` (default): the vocabularies are baked into the served graph, which
             takes and returns the raw ids (INT64 when every id is a canonical int, else
             BYTES); ``"index"``: dense indices, for callers that map ids themselves.
+        id_lookup: How a raw-id graph maps ids that are not ``a, a+1, ...`` (those need
+            no table): ``"fast"``: ``ai.onnx.ml.LabelEncoder`` (~80 bytes per id in
+            onnxruntime); ``"compact"``: int ids only, a minimal perfect hash
+            (`export.onnx.compact_ids`, ~11 bytes per id, ~4 us more per request at
+            small batches); ``"auto"`` (default): compact for the exact retrieve graph
+            (its scoring takes milliseconds), fast elsewhere. A vocabulary the compact
+            lookup cannot place, and string ids under ``auto``, get the fast one.
         index: Retrieval index of the retrieve graph: ``"exact"`` (default, every item
             scored), ``"ivf"`` (approximate: items clustered by k-means at export, a
             request scores the items of its ``nprobe`` best lists; `export.onnx.ivf`) or
@@ -152,6 +160,7 @@ class ExportOptions:
     user_vocabulary: str | os.PathLike[str] | None = None
     item_vocabulary: str | os.PathLike[str] | None = None
     ids: str = IDS_RAW
+    id_lookup: str = "auto"
     index: str = contract.INDEX_EXACT
     nlist: int | None = None
     nprobe: int | None = None
@@ -166,11 +175,19 @@ class ExportOptions:
             raise ExportError(f"Unknown backend {self.backend!r}: expected one of {BACKENDS}.")
         if self.ids not in ID_MODES:
             raise ExportError(f"Unknown ids mode {self.ids!r}: expected one of {ID_MODES}.")
+        from export.onnx.id_lookup import MODES
+
+        if self.id_lookup not in MODES:
+            raise ExportError(
+                f"Unknown id lookup {self.id_lookup!r}: expected one of {MODES}.")
         if not _positive_int(self.k):
             raise ExportError(f"Invalid k={self.k!r}: expected a positive int.")
         if self.version is not None and not _positive_int(self.version):
             raise ExportError(f"Invalid version={self.version!r}: expected a positive int.")
         self._validate_index()
+        if self.id_lookup == "compact" and self.index != contract.INDEX_EXACT:
+            raise ExportError(f"id_lookup='compact' is available for exact graphs, not "
+                              f"index={self.index!r}: use id_lookup='auto' or 'fast'.")
         mb = self.external_data_threshold_mb
         if mb is not None and not 0 <= mb <= 1024:
             raise ExportError(
@@ -246,6 +263,7 @@ class _Job:
     vocabularies: list[Any] = field(default_factory=list)  # export.vocabularies plans
     id_maps: tuple[Any, Any] | None = None  # (users, items) baked into raw-id graphs
     id_kind: str = contract.IDS_INDEX
+    lookups: dict[str, dict[str, str]] = field(default_factory=dict)  # kind -> id_lookup names
 
     def report(self, stage: str, key: str, started: float, message: str) -> None:
         self.timings[key] = time.perf_counter() - started
@@ -454,6 +472,8 @@ def _stage_graph(
     manifest = _manifest(job, converted, kind, weights, parity)
     manifest["vocabularies"] = {v.target: v.origin for v in job.vocabularies}
     manifest["id_kind"] = job.id_kind
+    if kind in job.lookups:
+        manifest["id_lookup"] = job.lookups[kind]
     manifest["index"] = built.facts if built is not None else {"index": contract.INDEX_EXACT}
     (staging.dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return PublishedModel(staging.paths.model_dir.name, kind, version,
@@ -585,10 +605,19 @@ def _convert_exact(job: _Job, weights: Any, staging: StagedVersion, kind: str) -
     from export.onnx.convert import convert_graph
     from export.onnx.graphs import serving_graph
 
+    compact = (None, None)
+    if job.id_maps is not None:
+        from export.onnx.id_lookup import lay_out, wants_compact
+
+        layout = lay_out(weights, *job.id_maps, wants_compact(
+            job.options.id_lookup, kind, contract.INDEX_EXACT, job.id_maps))
+        weights, vocabularies, compact = layout.weights, layout.vocabularies, layout.compact
+        job.lookups[kind] = layout.lookups
     graph = serving_graph(weights, kind, job.options.k)
     return convert_graph(graph, staging.dir,
                          external_threshold_bytes=job.options.external_threshold_bytes(),
-                         vocabularies=job.id_maps)
+                         vocabularies=vocabularies if job.id_maps is not None else None,
+                         compact=compact)
 
 
 def _verify_parity(job: _Job, weights: Any, keras_cases: list[tuple], session: Any,

@@ -4,12 +4,14 @@ The served graphs are converted with dense indices (`export.onnx.graphs`). This 
 rewires a converted graph so that it speaks the user's raw ids, with standard ops only
 (onnxruntime and Triton's onnxruntime backend run them, no custom ops):
 
-* every id input goes through an ``ai.onnx.ml.LabelEncoder`` (raw id -> index; an unknown
-  id -> -1, which the dense graph already treats as "no such user / item": an unknown
-  candidate is never recommended, an unknown exclusion is ignored, an unknown user gets
-  an empty row);
-* ``top_item_ids`` becomes a ``Gather`` over the raw-id table (index -1 -> the reserved
-  ``PAD_INT`` / ``PAD_STR``);
+* every id input is mapped to its dense index (an unknown id -> -1, which the dense graph
+  already treats as "no such user / item": an unknown candidate is never recommended, an
+  unknown exclusion is ignored, an unknown user gets an empty row): by arithmetic when the
+  ids are ``a, a+1, ...``, else by an ``ai.onnx.ml.LabelEncoder`` (fast, ~80 bytes per id
+  in onnxruntime) or, for int ids, by the compact lookup of `export.onnx.compact_ids`
+  (~11 bytes per id, nine small ops);
+* ``top_item_ids`` becomes a ``Gather`` over the raw-id table ``[raw_0, ..., PAD]``
+  (index -1 reads the reserved ``PAD_INT`` / ``PAD_STR`` at the end);
 * every graph (raw or index) gets ``num_results`` ``[B, 1]`` (how many leading slots of
   the row hold an item) and finite scores (``EMPTY_SCORE`` instead of ``-inf``), so an
   HTTP/JSON answer is valid JSON and a caller can always tell an empty slot from an item,
@@ -28,12 +30,14 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.errors import ExportError
+from export.onnx.compact_ids import CompactLookup, encoder_nodes
 from kmr import contract
 from kmr.vocabulary import Vocabulary
 
 ML_DOMAIN = "ai.onnx.ml"
 ML_OPSET = 2
 _PREFIX = "served_ids_"
+_RAW_ITEMS = f"{_PREFIX}raw_items"
 
 
 def id_kind(vocabulary: Vocabulary) -> str:
@@ -75,15 +79,15 @@ def _label_encoder(raw: str, index: str, vocabulary: Vocabulary) -> onnx.NodePro
                             default_int64=contract.INVALID_ID, **keys)
 
 
-def _raw_table(vocabulary: Vocabulary) -> onnx.TensorProto:
-    """``[PAD, raw_0, raw_1, ...]``: a Gather at ``index + 1`` maps -1 to PAD."""
+def _raw_table(vocabulary: Vocabulary, name: str) -> onnx.TensorProto:
+    """``[raw_0, raw_1, ..., PAD]``: a Gather at index -1 reads PAD (negative indices count
+    from the end)."""
     if vocabulary.kind == "str":
-        values = np.array([contract.PAD_STR, *map(str, vocabulary.ids)], dtype=object)
-        tensor = helper.make_tensor(f"{_PREFIX}raw_items", TensorProto.STRING, [len(values)],
-                                    [v.encode("utf-8") for v in values])
-        return tensor
-    values = np.array([contract.PAD_INT, *vocabulary.ids], dtype=np.int64)
-    return numpy_helper.from_array(values, f"{_PREFIX}raw_items")
+        values = [*map(str, vocabulary.ids), contract.PAD_STR]
+        return helper.make_tensor(name, TensorProto.STRING, [len(values)],
+                                  [v.encode("utf-8") for v in values])
+    values = np.fromiter(vocabulary.ids, np.int64, len(vocabulary))
+    return numpy_helper.from_array(np.append(values, np.int64(contract.PAD_INT)), name)
 
 
 def _set_type(value_info: onnx.ValueInfoProto, elem_type: int) -> None:
@@ -117,20 +121,26 @@ def _finish_outputs(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], str]:
 
 
 def serve_ids(proto: onnx.ModelProto, kind: str, users: Vocabulary | None,
-              items: Vocabulary | None) -> None:
+              items: Vocabulary | None,
+              compact: tuple[CompactLookup | None, CompactLookup | None] = (None, None)) -> None:
     """Rewires a converted dense-index graph in place (see the module docstring).
 
     With ``users``/``items`` the graph speaks raw ids; with None it keeps dense indices
-    and only gains ``num_results`` and finite scores.
+    and only gains ``num_results`` and finite scores. ``compact`` holds the compact
+    lookup of the users / items (or None): that vocabulary and the graph's tables are
+    then in the lookup's slot order.
     """
     graph = proto.graph
     nodes, index = _finish_outputs(graph)
     if users is not None and items is not None:
         front = []
-        for name, vocabulary in zip(contract.INPUTS[kind], (users, items), strict=True):
+        if contiguous_start(items) is None:  # the decoder's table; a compact lookup's too
+            graph.initializer.append(_raw_table(items, _RAW_ITEMS))
+        for name, vocabulary, lookup, what in zip(
+                contract.INPUTS[kind], (users, items), compact, ("users", "items"), strict=True):
             encoded = f"{_PREFIX}index_{name}"
             _rename_uses(graph, name, encoded)
-            front += _encoder(graph, name, encoded, vocabulary)
+            front += _encoder(graph, name, encoded, vocabulary, lookup, what)
             _set_type(next(i for i in graph.input if i.name == name), onnx_id_type(
                 id_kind(vocabulary)))
         nodes += _decoder(graph, index, items)
@@ -178,8 +188,14 @@ def _const(graph: onnx.GraphProto, name: str, value: np.ndarray) -> str:
     return full
 
 
-def _encoder(graph: onnx.GraphProto, raw: str, index: str,
-             vocabulary: Vocabulary) -> list[onnx.NodeProto]:
+def _encoder(graph: onnx.GraphProto, raw: str, index: str, vocabulary: Vocabulary,
+             lookup: CompactLookup | None, what: str) -> list[onnx.NodeProto]:
+    if lookup is not None:
+        table = _RAW_ITEMS
+        if what == "users":
+            table = f"{_PREFIX}raw_users"
+            graph.initializer.append(_raw_table(vocabulary, table))
+        return encoder_nodes(graph, raw, index, lookup, table, _PREFIX)
     start = contiguous_start(vocabulary)
     if start is None:
         return [_label_encoder(raw, index, vocabulary)]
@@ -190,13 +206,8 @@ def _encoder(graph: onnx.GraphProto, raw: str, index: str,
 def _decoder(graph: onnx.GraphProto, index: str, items: Vocabulary) -> list[onnx.NodeProto]:
     start = contiguous_start(items)
     if start is None:
-        graph.initializer.append(_raw_table(items))
-        one = _const(graph, "one", np.array(1, np.int64))
-        return [
-            helper.make_node("Add", [index, one], [f"{_PREFIX}shifted"]),
-            helper.make_node("Gather", [f"{_PREFIX}raw_items", f"{_PREFIX}shifted"],
-                             [contract.TOP_ITEM_IDS], axis=0),
-        ]
+        return [helper.make_node("Gather", [_RAW_ITEMS, index], [contract.TOP_ITEM_IDS],
+                                 axis=0)]
     offset = _const(graph, "start_items_out", np.array(start, np.int64))
     pad = _const(graph, "pad_int", np.array(contract.PAD_INT, np.int64))
     zero = _const(graph, "zero", np.array(0, np.int64))

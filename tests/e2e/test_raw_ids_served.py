@@ -30,12 +30,23 @@ def served(triton_home, tmp_path_factory):
     models = {"str": export_raw_model(tmp, "sid", STR_USERS, STR_ITEMS, 1),
               "int": export_raw_model(tmp, "iid", INT_USERS, INT_ITEMS, 2)}
     with LocalTritonServer(tmp / "repo", installation=triton_home) as server:
-        yield server, models
+        yield server, models, tmp / "repo"
+
+
+def test_int_retrieve_model_is_served_with_the_compact_lookup(served):
+    *_, repo = served
+    manifests = {kind: json.loads((repo / f"iid_{kind}" / "1" / "export_manifest.json"
+                                   ).read_text()) for kind in contract.GRAPH_KINDS}
+    # so the tests below check the minimal perfect hash (retrieve) and the LabelEncoder
+    assert manifests[contract.GRAPH_RETRIEVE]["id_lookup"] == {"users": "compact",
+                                                               "items": "compact"}
+    assert manifests[contract.GRAPH_RERANK]["id_lookup"] == {"users": "label_encoder",
+                                                             "items": "label_encoder"}
 
 
 @pytest.mark.parametrize("kind", ["str", "int"])
 def test_served_raw_ids_match_the_models_own_ranking_when_ids_are_awkward(served, kind):
-    server, models = served
+    server, models, _ = served
     model = models[kind]
     for user in model.users.ids:  # "" / "007" / "7" / -1 / 2**62 are all real users
         answer = raw_infer(server, model, kind, contract.GRAPH_RETRIEVE, user, None)
@@ -47,7 +58,7 @@ def test_served_raw_ids_match_the_models_own_ranking_when_ids_are_awkward(served
 
 @pytest.mark.parametrize("kind", ["str", "int"])
 def test_unknown_ids_get_their_documented_outcome_when_sent_raw(served, kind):
-    server, models = served
+    server, models, _ = served
     model = models[kind]
     unknown = "no-such-id" if kind == "str" else 123456789
     user = model.users.ids[1]
@@ -76,7 +87,7 @@ def _strict(text: str) -> dict:
 
 @pytest.mark.parametrize("kind", ["str", "int"])
 def test_http_json_answer_parses_strictly_when_it_has_padding(served, kind):
-    server, models = served
+    server, models, _ = served
     model = models[kind]
     datatype = "BYTES" if kind == "str" else "INT64"
     body = {"inputs": [
