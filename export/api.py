@@ -122,7 +122,7 @@ class ExportOptions:
         id_lookup: How a raw-id graph maps ids that are not ``a, a+1, ...`` (those need
             no table): ``"fast"``: ``ai.onnx.ml.LabelEncoder`` (~80 bytes per id in
             onnxruntime); ``"compact"``: int ids only, a minimal perfect hash
-            (`export.onnx.compact_ids`, ~11 bytes per id, ~4 us more per request at
+            (`export.onnx.compact_ids`, ~10 bytes per id, ~4 us more per request at
             small batches); ``"auto"`` (default): compact for the exact retrieve graph
             (its scoring takes milliseconds), fast elsewhere. A vocabulary the compact
             lookup cannot place, and string ids under ``auto``, get the fast one.

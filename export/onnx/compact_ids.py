@@ -2,7 +2,7 @@
 
 ``ai.onnx.ml.LabelEncoder`` (the fast lookup, `export.onnx.raw_ids`) holds a hash map:
 onnxruntime spends about 80 bytes per id on it (measured: +79 MB for 1M ids, 10x the
-ids themselves). This lookup spends about 10.7 bytes per id, with standard ops only:
+ids themselves). This lookup spends about 10.2 bytes per id, with standard ops only:
 
 * ``x = id * multiplier`` (int64, wrapping), ``bucket = x mod buckets`` (a prime),
   ``slot = (x + displacement[bucket]) mod n`` -- every id of the vocabulary gets its own
@@ -36,11 +36,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-# 1.5 ids per bucket (2.7 bytes of int32 displacement per id): ids in an arithmetic
-# progression fill the buckets evenly (1 or 2 ids each), random ids as Poisson(1.5); both
-# leave many one-id buckets, which take the last free slots directly.
-IDS_PER_BUCKET = 1.5
-_ATTEMPTS = 32  # each succeeds with p ~ exp(-IDS_PER_BUCKET / 2): all fail ~ 1e-9
+# 1.8 ids per bucket (2.2 bytes of int32 displacement per id): ids in an arithmetic
+# progression fill the buckets evenly (1 or 2 ids each: 11% of the ids alone), random ids
+# as Poisson(1.8) (16%); those one-id buckets take the last free slots directly. (2.0
+# leaves a progression no one-id bucket, and its last pairs find no free pair of slots.)
+IDS_PER_BUCKET = 1.8
+_ATTEMPTS = 32  # each succeeds with p ~ exp(-IDS_PER_BUCKET / 2): all fail ~ 5e-8
 _ROUNDS = 200  # guessing rounds per bucket size before the full search
 
 
@@ -251,6 +252,19 @@ def encoder_nodes(graph: onnx.GraphProto, raw: str, index: str, lookup: CompactL
     ]
 
 
+def encoder_model(lookup: CompactLookup) -> onnx.ModelProto:
+    """A model of the lookup alone: int64 ``ids [n]`` -> ``index [n]`` (-1: unknown)."""
+    from kmr import contract
+
+    graph = helper.make_graph([], "compact_lookup", [
+        helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["n"])], [
+        helper.make_tensor_value_info("index", onnx.TensorProto.INT64, ["n"])])
+    table = np.append(lookup.ids_in_slot_order, np.int64(contract.PAD_INT))
+    graph.initializer.append(numpy_helper.from_array(table, "raw_table"))
+    graph.node.extend(encoder_nodes(graph, "ids", "index", lookup, "raw_table", "lookup_"))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def check_with_onnxruntime(lookup: CompactLookup, *, chunk: int = 1 << 20) -> None:
     """Runs every id through the lookup's ONNX nodes in onnxruntime: slot s must give s.
 
@@ -259,18 +273,9 @@ def check_with_onnxruntime(lookup: CompactLookup, *, chunk: int = 1 << 20) -> No
     """
     import onnxruntime as ort
 
-    from kmr import contract
-
-    graph = helper.make_graph([], "compact_lookup_check", [
-        helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["n"])], [
-        helper.make_tensor_value_info("index", onnx.TensorProto.INT64, ["n"])])
-    table = np.append(lookup.ids_in_slot_order, np.int64(contract.PAD_INT))
-    graph.initializer.append(numpy_helper.from_array(table, "raw_table"))
-    graph.node.extend(encoder_nodes(graph, "ids", "index", lookup, "raw_table", "check_"))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options,
+    session = ort.InferenceSession(encoder_model(lookup).SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
     ids = lookup.ids_in_slot_order
     for start in range(0, len(ids), chunk):

@@ -2,7 +2,7 @@
 
 Three lookups (`export.onnx.raw_ids`): ``arithmetic`` for ids ``a, a+1, ...`` (no
 table), ``label_encoder`` (``ai.onnx.ml.LabelEncoder``: one op, ~80 bytes per id in
-onnxruntime) and ``compact`` (`export.onnx.compact_ids`: nine ops, ~11 bytes per id).
+onnxruntime) and ``compact`` (`export.onnx.compact_ids`: nine ops, ~10 bytes per id).
 A compact vocabulary is served in slot order: its embedding rows are permuted with it,
 so the graph's answers (raw ids) are the same as with any other lookup.
 

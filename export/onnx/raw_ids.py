@@ -9,7 +9,7 @@ rewires a converted graph so that it speaks the user's raw ids, with standard op
   unknown exclusion is ignored, an unknown user gets an empty row): by arithmetic when the
   ids are ``a, a+1, ...``, else by an ``ai.onnx.ml.LabelEncoder`` (fast, ~80 bytes per id
   in onnxruntime) or, for int ids, by the compact lookup of `export.onnx.compact_ids`
-  (~11 bytes per id, nine small ops);
+  (~10 bytes per id, nine small ops);
 * ``top_item_ids`` becomes a ``Gather`` over the raw-id table ``[raw_0, ..., PAD]``
   (index -1 reads the reserved ``PAD_INT`` / ``PAD_STR`` at the end);
 * every graph (raw or index) gets ``num_results`` ``[B, 1]`` (how many leading slots of
