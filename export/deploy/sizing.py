@@ -7,6 +7,7 @@ instance is its own session holding its own copy of the tables, so memory scales
 the instance count. The formula (constants below, all overridable)::
 
     table_bytes     = max(external_data_bytes, 4 * (num_users + num_items) * embedding_dim)
+                      + id lookups: ids * ID_LOOKUP_BYTES_PER_ID[lookup] per vocabulary
     workspace_bytes = 4 * max_batch_size * num_items                        (retrieve)
                     = 4 * max_batch_size * max_candidates * (embedding_dim + 1)  (rerank)
     memory request  = BASE_MEMORY + sum over models of
@@ -56,6 +57,11 @@ CPU_PER_INSTANCE_MILLIS = 1000  # one busy core per onnxruntime instance
 BASE_CPU_MILLIS = 250  # HTTP/gRPC front ends, dynamic batcher, metrics
 MANIFEST_FILE = "export_manifest.json"
 CONFIG_FILE = "config.pbtxt"
+# Session RSS per raw id baked into a graph (benchmarks/results/raw_ids.md, onnxruntime
+# 1.32, 1M items + 100k users): LabelEncoder + raw-id table 79 MB for 1.1M int ids; 306 MB
+# for 1.1M 13-character strings (longer strings cost more); compact lookup 12 MB.
+ID_LOOKUP_BYTES_PER_ID = {"arithmetic": 0, "compact": 12, "label_encoder": 80,
+                          "label_encoder_str": 320}
 
 
 @dataclass(frozen=True)
@@ -129,16 +135,46 @@ def size_resources(
 
 
 def table_bytes(manifest: dict[str, Any]) -> int:
-    """Bytes of the tables an export's manifest describes (external data or float32 rows).
+    """Bytes of the tables an export's manifest describes (external data or float32 rows),
+    plus its raw-id lookups (`id_lookup_bytes`).
 
     Example:
         >>> table_bytes({"num_users": 10, "num_items": 30, "embedding_dim": 8,
         ...              "external_data_bytes": 0})
         1280
+        >>> table_bytes({"num_users": 10, "num_items": 30, "embedding_dim": 8,
+        ...              "external_data_bytes": 0, "id_kind": "str"})  # + 40 x 320
+        14080
     """
     rows = int(manifest["num_users"]) + int(manifest["num_items"])
     return max(int(manifest.get("external_data_bytes") or 0),
-               FLOAT_BYTES * rows * int(manifest["embedding_dim"]))
+               FLOAT_BYTES * rows * int(manifest["embedding_dim"])) + id_lookup_bytes(manifest)
+
+
+def id_lookup_bytes(manifest: dict[str, Any]) -> int:
+    """Bytes the raw-id lookups of a raw-id graph hold (0 for a dense-index graph).
+
+    A manifest written before lookups were recorded counts a LabelEncoder per vocabulary.
+
+    Example:
+        >>> id_lookup_bytes({"num_users": 10, "num_items": 30, "id_kind": "int",
+        ...                  "id_lookup": {"users": "arithmetic", "items": "compact"}})
+        360
+        >>> id_lookup_bytes({"num_users": 10, "num_items": 30, "id_kind": "index"})
+        0
+    """
+    kind = manifest.get("id_kind", "index")
+    if kind not in ("int", "str"):
+        return 0
+    fallback = "label_encoder_str" if kind == "str" else "label_encoder"
+    lookups = manifest.get("id_lookup") or {}
+    total = 0
+    for what, count in (("users", manifest["num_users"]), ("items", manifest["num_items"])):
+        lookup = lookups.get(what, fallback)
+        if lookup == "label_encoder" and kind == "str":
+            lookup = fallback
+        total += int(count) * ID_LOOKUP_BYTES_PER_ID.get(lookup, ID_LOOKUP_BYTES_PER_ID[fallback])
+    return total
 
 
 def local_models(repo: str | Path) -> list[str]:

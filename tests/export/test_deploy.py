@@ -347,3 +347,26 @@ def test_cli_sizing_constants_and_kserve_endpoint_hint(repo: Path, tmp_path: Pat
 
     table_mib = 4 * (1000 + 3000) * 16 / (1 << 20)
     assert memory("b") - memory("a") == pytest.approx(512 + 2 * 2 * table_mib, abs=1)
+
+
+def test_sizing_counts_the_raw_id_lookups_each_vocabulary_got(tmp_path: Path):
+    from export.api import ExportOptions, export_model
+    from export.deploy.sizing import ID_LOOKUP_BYTES_PER_ID, read_model_sizing
+    from kmr import contract
+    from kmr.vocabulary import Vocabulary
+    from tests.support.export_helpers import save_artifacts, tiny_model
+
+    users, items = [10**9 + 3 * i for i in range(40)], [5 * i + 1 for i in range(60)]
+    path = save_artifacts(tiny_model(len(users), len(items), 4), tmp_path / "art")
+    Vocabulary(users).save(path.parent / contract.USER_VOCAB_FILE)
+    Vocabulary(items).save(path.parent / contract.ITEM_VOCAB_FILE)
+    sizes = {}
+    for ids in ("raw", "index"):
+        repo = tmp_path / ids
+        export_model(path, repo, ExportOptions(name="m", graph="both", k=3, ids=ids))
+        sizes[ids] = {kind: read_model_sizing(repo, f"m_{kind}").table_bytes
+                      for kind in ("rerank", "retrieve")}
+    per_id = ID_LOOKUP_BYTES_PER_ID
+    # auto: LabelEncoder in the rerank graph, the compact lookup in the retrieve graph
+    assert sizes["raw"]["rerank"] - sizes["index"]["rerank"] == 100 * per_id["label_encoder"]
+    assert sizes["raw"]["retrieve"] - sizes["index"]["retrieve"] == 100 * per_id["compact"]
