@@ -123,8 +123,8 @@ class ExportOptions:
             no table): ``"fast"``: ``ai.onnx.ml.LabelEncoder`` (~80 bytes per id in
             onnxruntime); ``"compact"``: int ids only, a minimal perfect hash
             (`export.onnx.compact_ids`, ~10 bytes per id, ~4 us more per request at
-            small batches); ``"auto"`` (default): compact for the exact retrieve graph
-            (its scoring takes milliseconds), fast elsewhere. A vocabulary the compact
+            small batches); ``"auto"`` (default): compact for the retrieve graph (its
+            scoring takes milliseconds), fast for the rerank graph. A vocabulary the compact
             lookup cannot place, and string ids under ``auto``, get the fast one.
         index: Retrieval index of the retrieve graph: ``"exact"`` (default, every item
             scored), ``"ivf"`` (approximate: items clustered by k-means at export, a
@@ -185,9 +185,6 @@ class ExportOptions:
         if self.version is not None and not _positive_int(self.version):
             raise ExportError(f"Invalid version={self.version!r}: expected a positive int.")
         self._validate_index()
-        if self.id_lookup == "compact" and self.index != contract.INDEX_EXACT:
-            raise ExportError(f"id_lookup='compact' is available for exact graphs, not "
-                              f"index={self.index!r}: use id_lookup='auto' or 'fast'.")
         mb = self.external_data_threshold_mb
         if mb is not None and not 0 <= mb <= 1024:
             raise ExportError(
@@ -458,8 +455,16 @@ def _stage_graph(
         id_kind=job.id_kind, k=options.k, index=options.index_of(kind), **options.serving(),
     )
     _check_shared_config(staging, config)
-    converted, session, built = _convert_and_check(job, weights, staging, kind)
-    parity = _verify_parity(job, weights, keras_cases, session, kind, built)
+    layout = _lay_out_ids(job, weights, kind)
+    served_weights, ids = (weights, None) if layout is None else (layout.weights, layout.ids)
+    converted, session, built = _convert_and_check(job, served_weights, staging, kind, ids)
+    if built is not None and built.reference is not None and ids is not None:
+        # An IVF graph is checked against its own index, built in the graph's row order.
+        parity = _verify_parity(job, (layout.weights, (ids.users, ids.items)), keras_cases,
+                                session, kind, built)
+    else:  # against the trained tables and vocabularies: proves any permutation right
+        parity = _verify_parity(job, (weights, job.id_maps), keras_cases, session, kind, built)
+    layout = None
     session = None  # free the session's copy of the weights before the next graph
     gc.collect()
 
@@ -563,11 +568,26 @@ def _ship_python_backend(version_dir: Path) -> None:
                        doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
 
 
-def _convert_and_check(job: _Job, weights: Any, staging: StagedVersion,
-                       kind: str) -> tuple[Any, Any, Any]:
+def _lay_out_ids(job: _Job, weights: Any, kind: str) -> Any:
+    """The `export.onnx.id_lookup.ServedLayout` of a raw-id graph (None: dense indices)."""
+    if job.id_maps is None:
+        return None
+    from export.onnx.id_lookup import lay_out, wants_compact
+
+    start = time.perf_counter()
+    layout = lay_out(weights, *job.id_maps,
+                     wants_compact(job.options.id_lookup, kind, job.id_maps))
+    job.lookups[kind] = layout.lookups
+    job.report("convert", f"id_lookup_{kind}", start, f"{kind}: id lookups {layout.lookups}")
+    return layout
+
+
+def _convert_and_check(job: _Job, weights: Any, staging: StagedVersion, kind: str,
+                       ids: Any) -> tuple[Any, Any, Any]:
     """Conversion into the staging folder, then onnx.checker + an onnxruntime load.
 
-    Returns ``(converted, session, built)``; ``built`` is the
+    ``weights`` and ``ids`` (`export.onnx.raw_ids.ServedIds` or None) are in the served
+    graph's row order. Returns ``(converted, session, built)``; ``built`` is the
     `export.onnx.index_convert.IndexBuild` of an IVF / int8 retrieve graph, else None.
     """
     from export.onnx.convert import ConversionError, load_session
@@ -579,11 +599,11 @@ def _convert_and_check(job: _Job, weights: Any, staging: StagedVersion,
             from export.onnx.index_convert import convert_index
 
             built = convert_index(index, weights, staging.dir, k=job.options.k,
-                                  settings=job.options.index_settings(), vocabularies=job.id_maps,
+                                  settings=job.options.index_settings(), ids=ids,
                                   external_threshold_bytes=job.options.external_threshold_bytes())
             converted = built.converted
         else:
-            converted = _convert_exact(job, weights, staging, kind)
+            converted = _convert_exact(job, weights, staging, kind, ids)
     except ConversionError as error:
         raise ExportError(str(error)) from error
     storage = "external data" if converted.external_data else "inline weights"
@@ -600,29 +620,24 @@ def _convert_and_check(job: _Job, weights: Any, staging: StagedVersion,
     return converted, session, built
 
 
-def _convert_exact(job: _Job, weights: Any, staging: StagedVersion, kind: str) -> Any:
+def _convert_exact(job: _Job, weights: Any, staging: StagedVersion, kind: str,
+                   ids: Any) -> Any:
     """tf2onnx conversion of the exact ``kind`` graph (raises ConversionError)."""
     from export.onnx.convert import convert_graph
     from export.onnx.graphs import serving_graph
 
-    compact = (None, None)
-    if job.id_maps is not None:
-        from export.onnx.id_lookup import lay_out, wants_compact
-
-        layout = lay_out(weights, *job.id_maps, wants_compact(
-            job.options.id_lookup, kind, contract.INDEX_EXACT, job.id_maps))
-        weights, vocabularies, compact = layout.weights, layout.vocabularies, layout.compact
-        job.lookups[kind] = layout.lookups
     graph = serving_graph(weights, kind, job.options.k)
     return convert_graph(graph, staging.dir,
                          external_threshold_bytes=job.options.external_threshold_bytes(),
-                         vocabularies=vocabularies if job.id_maps is not None else None,
-                         compact=compact)
+                         ids=ids)
 
 
-def _verify_parity(job: _Job, weights: Any, keras_cases: list[tuple], session: Any,
-                   kind: str, built: Any = None) -> dict[str, Any]:
+def _verify_parity(job: _Job, reference: tuple[Any, Any], keras_cases: list[tuple],
+                   session: Any, kind: str, built: Any = None) -> dict[str, Any]:
     """The served graph vs the layers (valid and invalid ids) and vs ``model()``.
+
+    ``reference`` is ``(weights, id_maps)``: the tables and ``(users, items)``
+    vocabularies (None: dense indices) the answers are checked in.
 
     An index graph gets mixed per-row settings; an IVF graph is checked against the numpy
     reference of its own index (its recall against exact is in ``built.facts``), an int8
@@ -638,12 +653,13 @@ def _verify_parity(job: _Job, weights: Any, keras_cases: list[tuple], session: A
 
     k = job.options.k
     start = time.perf_counter()
-    reference = rerank_reference if kind == contract.GRAPH_RERANK else retrieve_reference
-    run = served_runner(session, kind, job.id_maps)
+    weights, id_maps = reference
+    scorer = rerank_reference if kind == contract.GRAPH_RERANK else retrieve_reference
+    run = served_runner(session, kind, id_maps)
 
     def ref(case: dict) -> dict:
         # by name: an index graph's cases also carry its setting (nprobe / rescore)
-        return reference(weights, *(case[name] for name in contract.INPUTS[kind]), k=k)
+        return scorer(weights, *(case[name] for name in contract.INPUTS[kind]), k=k)
 
     cases = parity_cases(kind, weights.num_users, weights.num_items, k)
     if built is not None:

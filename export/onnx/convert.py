@@ -27,12 +27,10 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from export.onnx.compact_ids import CompactLookup
 from export.onnx.graphs import ServingGraph
-from export.onnx.raw_ids import serve_ids
+from export.onnx.raw_ids import ServedIds, serve_ids
 from export.onnx.weights import bake_tables
 from kmr import contract
-from kmr.vocabulary import Vocabulary
 
 OPSET = 17  # tf2onnx supports <= 18; 17 also loads in older Triton onnxruntime backends
 DEFAULT_EXTERNAL_THRESHOLD_BYTES = 64 << 20  # inline needs ~4 extra copies in RAM
@@ -63,8 +61,7 @@ def convert_graph(
     *,
     external_threshold_bytes: int = DEFAULT_EXTERNAL_THRESHOLD_BYTES,
     opset: int = OPSET,
-    vocabularies: tuple[Vocabulary, Vocabulary] | None = None,
-    compact: tuple[CompactLookup | None, CompactLookup | None] = (None, None),
+    ids: ServedIds | None = None,
 ) -> ConvertedModel:
     """Converts ``graph`` into ``out_dir/model.onnx`` and checks it.
 
@@ -73,10 +70,8 @@ def convert_graph(
         out_dir: An existing folder.
         external_threshold_bytes: Tables totalling more bytes go to external data.
         opset: ONNX opset (tf2onnx supports <= 18).
-        vocabularies: ``(users, items)``: bake them in, so the graph speaks raw ids
-            (`export.onnx.raw_ids`); None keeps dense indices.
-        compact: The compact lookups (`export.onnx.compact_ids`) of the users / items, or
-            None each; such a vocabulary and ``graph``'s tables are in slot order.
+        ids: The vocabularies to bake in, so the graph speaks raw ids
+            (`export.onnx.raw_ids`; in ``graph``'s row order); None keeps dense indices.
 
     Returns:
         The files written.
@@ -87,8 +82,7 @@ def convert_graph(
     """
     out_dir = Path(out_dir)
     proto = _tf2onnx(graph, opset)
-    users, items = vocabularies if vocabularies is not None else (None, None)
-    serve_ids(proto, graph.kind, users, items, compact)
+    serve_ids(proto, graph.kind, ids)
     proto.producer_name = "kmr-export"
     proto.doc_string = (
         f"kmr {graph.kind} graph, k={graph.k}, num_users={graph.num_users}, "

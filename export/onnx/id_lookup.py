@@ -16,7 +16,7 @@ Example:
     >>> served = lay_out(weights, users, items, compact=(False, True))
     >>> served.lookups
     {'users': 'arithmetic', 'items': 'compact'}
-    >>> row = served.vocabularies[1].ids.index(24)  # item 24 = 7 * 3 + 3 is row 3 trained
+    >>> row = served.ids.items.ids.index(24)  # item 24 = 7 * 3 + 3 is row 3 trained
     >>> served.weights.items[row].tolist()
     [12.0, 13.0, 14.0, 15.0]
 """
@@ -28,9 +28,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from export.errors import ExportError
-from export.onnx.compact_ids import CompactLookup, build_compact_lookup, check_with_onnxruntime
+from export.onnx.compact_ids import build_compact_lookup, check_with_onnxruntime
 from export.onnx.graphs import RecommenderWeights
-from export.onnx.raw_ids import contiguous_start
+from export.onnx.raw_ids import ServedIds, contiguous_start
 from kmr import contract
 from kmr.vocabulary import Vocabulary
 
@@ -45,41 +45,35 @@ class ServedLayout:
 
     Attributes:
         weights: The tables, rows permuted for a compact vocabulary.
-        vocabularies: ``(users, items)`` in the graph's row order.
-        compact: The compact lookups of the users / items (None each where not used).
+        ids: The vocabularies in the graph's row order, with their compact lookups.
         lookups: ``{"users": ..., "items": ...}``: the lookup each uses (for the manifest).
     """
 
     weights: RecommenderWeights
-    vocabularies: tuple[Vocabulary, Vocabulary]
-    compact: tuple[CompactLookup | None, CompactLookup | None]
+    ids: ServedIds
     lookups: dict[str, str]
 
 
-def wants_compact(mode: str, kind: str, index: str,
+def wants_compact(mode: str, kind: str,
                   vocabularies: tuple[Vocabulary, Vocabulary]) -> tuple[bool, bool]:
     """Which of ``(users, items)`` should get the compact lookup under ``mode``.
 
-    ``auto``: the exact retrieve graph's int vocabularies (its scoring takes
-    milliseconds, the lookup's few microseconds do not show). ``compact``: every int
-    vocabulary of an exact graph.
+    ``auto``: the int vocabularies of a retrieve graph (exact, IVF or int8: its scoring
+    takes far longer than the lookup's few microseconds). ``compact``: every int
+    vocabulary.
 
     Raises:
-        ExportError: ``compact`` asked for string ids or for an IVF / int8 graph.
+        ExportError: ``compact`` asked for string ids.
     """
     if mode == FAST:
         return False, False
     if mode == COMPACT:
-        if index != contract.INDEX_EXACT:
-            raise ExportError(f"id_lookup='compact' is available for exact graphs; the "
-                              f"{kind} graph uses index={index!r}. Use id_lookup='auto' "
-                              "or 'fast'.")
         strings = [what for what, v in zip(("user", "item"), vocabularies, strict=True)
                    if v.kind != "int"]
         if strings:
             raise ExportError(f"id_lookup='compact' needs int ids; the {strings[0]} ids are "
                               "strings. Use id_lookup='auto' or 'fast'.")
-    elif kind != contract.GRAPH_RETRIEVE or index != contract.INDEX_EXACT:
+    elif kind != contract.GRAPH_RETRIEVE:
         return False, False
     return tuple(v.kind == "int" and contiguous_start(v) is None for v in vocabularies)
 
@@ -107,5 +101,5 @@ def lay_out(weights: RecommenderWeights, users: Vocabulary, items: Vocabulary,
             lookups[i] = lookup
         names[what] = (COMPACT if lookup is not None else
                        ARITHMETIC if contiguous_start(vocabulary) is not None else LABEL_ENCODER)
-    return ServedLayout(replace(weights, **tables), (vocabularies[0], vocabularies[1]),
-                        (lookups[0], lookups[1]), names)
+    ids = ServedIds(vocabularies[0], vocabularies[1], (lookups[0], lookups[1]))
+    return ServedLayout(replace(weights, **tables), ids, names)

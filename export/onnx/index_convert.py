@@ -38,9 +38,8 @@ from export.onnx import int8, ivf
 from export.onnx.block_graph import DEFAULT_EXTERNAL_THRESHOLD_BYTES, save_with_tables
 from export.onnx.convert import ConversionError, ConvertedModel, check_onnx
 from export.onnx.ivf_index import IndexSettings
-from export.onnx.raw_ids import serve_ids
+from export.onnx.raw_ids import ServedIds, serve_ids
 from kmr import contract
-from kmr.vocabulary import Vocabulary
 
 
 @dataclass
@@ -126,7 +125,7 @@ _BUILDERS = {contract.INDEX_IVF: _ivf, contract.INDEX_INT8: _int8}
 
 def convert_index(index: str, weights: Any, out_dir: str | os.PathLike[str], *, k: int,
                   settings: IndexSettings | None = None,
-                  vocabularies: tuple[Vocabulary, Vocabulary] | None = None,
+                  ids: ServedIds | None = None,
                   external_threshold_bytes: int = DEFAULT_EXTERNAL_THRESHOLD_BYTES
                   ) -> IndexBuild:
     """Builds, writes and checks ``out_dir/model.onnx`` for an ``index`` retrieve model.
@@ -137,7 +136,8 @@ def convert_index(index: str, weights: Any, out_dir: str | os.PathLike[str], *, 
         out_dir: An existing folder.
         k: Results per row.
         settings: Index settings (default `IndexSettings()`).
-        vocabularies: ``(users, items)`` to bake in (raw ids); None: dense indices.
+        ids: The vocabularies to bake in (raw ids, in ``weights``' row order); None:
+            dense indices.
         external_threshold_bytes: Tables above this total go to external data.
 
     Raises:
@@ -153,8 +153,7 @@ def convert_index(index: str, weights: Any, out_dir: str | os.PathLike[str], *, 
     normalization = weights.similarity.normalization
     proto, tables, build = _BUILDERS[index](users, items, normalization, k, settings)
     del items
-    user_vocab, item_vocab = vocabularies if vocabularies is not None else (None, None)
-    serve_ids(proto, contract.GRAPH_RETRIEVE, user_vocab, item_vocab)
+    serve_ids(proto, contract.GRAPH_RETRIEVE, ids)
     build.facts["normalization"] = normalization
     onnx.helper.set_model_props(proto, {key: str(v) for key, v in build.facts.items()})
     files = save_with_tables(proto, tables, Path(out_dir),

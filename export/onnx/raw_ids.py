@@ -25,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -38,6 +40,22 @@ ML_DOMAIN = "ai.onnx.ml"
 ML_OPSET = 2
 _PREFIX = "served_ids_"
 _RAW_ITEMS = f"{_PREFIX}raw_items"
+
+
+@dataclass(frozen=True)
+class ServedIds:
+    """The vocabularies a raw-id graph is built with, in the graph's row order.
+
+    Attributes:
+        users: User vocabulary (row ``i`` of the user table is ``users.ids[i]``).
+        items: Item vocabulary, the same way.
+        compact: The compact lookups (`export.onnx.compact_ids`) of the users / items,
+            None each where the vocabulary uses arithmetic or the LabelEncoder.
+    """
+
+    users: Vocabulary
+    items: Vocabulary
+    compact: tuple[CompactLookup | None, CompactLookup | None] = (None, None)
 
 
 def id_kind(vocabulary: Vocabulary) -> str:
@@ -120,19 +138,16 @@ def _finish_outputs(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], str]:
     return nodes, index
 
 
-def serve_ids(proto: onnx.ModelProto, kind: str, users: Vocabulary | None,
-              items: Vocabulary | None,
-              compact: tuple[CompactLookup | None, CompactLookup | None] = (None, None)) -> None:
+def serve_ids(proto: onnx.ModelProto, kind: str, ids: ServedIds | None) -> None:
     """Rewires a converted dense-index graph in place (see the module docstring).
 
-    With ``users``/``items`` the graph speaks raw ids; with None it keeps dense indices
-    and only gains ``num_results`` and finite scores. ``compact`` holds the compact
-    lookup of the users / items (or None): that vocabulary and the graph's tables are
-    then in the lookup's slot order.
+    With ``ids`` the graph speaks raw ids; with None it keeps dense indices and only
+    gains ``num_results`` and finite scores.
     """
     graph = proto.graph
     nodes, index = _finish_outputs(graph)
-    if users is not None and items is not None:
+    if ids is not None:
+        users, items, compact = ids.users, ids.items, ids.compact
         front = []
         if contiguous_start(items) is None:  # the decoder's table; a compact lookup's too
             graph.initializer.append(_raw_table(items, _RAW_ITEMS))

@@ -73,7 +73,7 @@ def test_layout_keeps_the_label_encoder_when_the_lookup_cannot_be_built(monkeypa
     layout = id_lookup.lay_out(weights, Vocabulary([5, 9]), Vocabulary([1, 2, 3]),
                                compact=(True, False))
     assert layout.lookups == {"users": "label_encoder", "items": "arithmetic"}
-    assert layout.compact == (None, None) and layout.weights is not None
+    assert layout.ids.compact == (None, None) and layout.weights is not None
 
 
 USERS = [10**12 + 17 * i for i in range(40)]
@@ -147,15 +147,34 @@ def test_compact_rerank_graph_matches_keras_model_when_asked(sparse_export, tmp_
                                rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    (dict(graph="both", index="ivf", id_lookup="compact"), "exact graphs"),
-    (dict(graph="rerank", id_lookup="quick"), "Unknown id lookup 'quick'"),
-])
-def test_export_refuses_id_lookup_when_it_does_not_apply(sparse_export, tmp_path, options,
-                                                         message):
+def test_export_refuses_an_unknown_id_lookup_naming_the_allowed_ones(sparse_export, tmp_path):
     _, path, _ = sparse_export
-    with pytest.raises(ExportError, match=message):
-        export_model(path, tmp_path / "repo", ExportOptions(name="x", k=5, **options))
+    with pytest.raises(ExportError, match=r"Unknown id lookup 'quick': expected one of "
+                                          r"\('auto', 'fast', 'compact'\)"):
+        export_model(path, tmp_path / "repo", ExportOptions(name="x", k=5, id_lookup="quick"))
+
+
+@pytest.mark.parametrize("index", ["int8", "ivf"])
+def test_index_retrieve_graphs_use_the_compact_lookup_and_answer_in_raw_ids(
+        sparse_export, tmp_path, index):
+    model, path, _ = sparse_export
+    options = ExportOptions(name="x", graph="retrieve", k=5, index=index,
+                            **({"nlist": 4, "nprobe": 4} if index == "ivf" else {}))
+    version_dir = export_model(path, tmp_path / "repo", options).models[0].version_dir
+    assert _manifest(version_dir)["id_lookup"] == {"users": "compact", "items": "compact"}
+    assert "LabelEncoder" not in _ops(version_dir)
+    user_table, item_table = (w.numpy() for w in model.get_layer("embedding").weights)
+    best = np.argsort(-(user_table @ item_table.T), axis=1, kind="stable")
+    session = ort.InferenceSession(str(version_dir / contract.ONNX_FILE),
+                                   providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    feed = {contract.USER_ID: np.array(USERS, np.int64),
+            contract.EXCLUDE_ITEM_IDS: np.array([[ITEMS[best[u, 0]]] for u in range(len(USERS))],
+                                                np.int64)}
+    feed.update({name: np.zeros(len(USERS), np.int64) for name in names[2:]})  # 0: default
+    top = session.run([contract.TOP_ITEM_IDS], feed)[0]
+    # int8 is exact; IVF probing all 4 lists is exact too
+    assert top.tolist() == [[ITEMS[i] for i in row[1:6]] for row in best]
 
 
 def test_export_refuses_compact_lookup_when_ids_are_strings(tmp_path):
