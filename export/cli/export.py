@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "which speaks raw ids; index: dense indices (you map ids yourself)")
     parser.add_argument("--id-lookup", choices=("auto", "fast", "compact"), default="auto",
                         help="raw ids that are not a, a+1, ...: fast (LabelEncoder, ~80 B/id), "
-                        "compact (int ids: minimal perfect hash, ~10 B/id, ~4 us more per "
+                        "compact (int ids: minimal perfect hash, ~10 B/id, a few us more per "
                         "request) or auto (default: compact for the exact retrieve graph)")
     parser.add_argument("--index", choices=contract.INDEXES, default=contract.INDEX_EXACT,
                         help="retrieve graph: exact (default, every item scored), ivf "

@@ -12,8 +12,9 @@ ids themselves). This lookup spends about 10.2 bytes per id, with standard ops o
 * ``raw[slot] == id`` (the raw-id table the answer is decoded with anyway) tells a known
   id from an unknown one, which gets -1 as with the LabelEncoder.
 
-The price is nine small ops instead of one: about 4 microseconds per encoded input at
-small batches, and about 2x the LabelEncoder's time per id. It suits the retrieve graph
+The price is nine small ops instead of one: about 3.5 microseconds per encoded input at
+small batches, and about 2.6x the LabelEncoder's time per id at large ones
+(`benchmarks/results/id_floor.md`). It suits the retrieve graph
 (one user, a few exclusions, milliseconds of scoring), which is where ``auto`` uses it.
 
 The arithmetic wraps around in int64 exactly as numpy and onnxruntime compute it; the
