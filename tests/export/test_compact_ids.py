@@ -84,9 +84,7 @@ ITEMS = [INT64_MAX - 5 * i for i in range(30)] + [-(10**15) - i * 11 for i in ra
 def sparse_export(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compact")
     model = tiny_model(len(USERS), len(ITEMS), 6)
-    path = save_artifacts(model, tmp / "art")
-    Vocabulary(USERS).save(path.parent / contract.USER_VOCAB_FILE)
-    Vocabulary(ITEMS).save(path.parent / contract.ITEM_VOCAB_FILE)
+    path = save_artifacts(model, tmp / "art", USERS, ITEMS)
     result = export_model(path, tmp / "repo", ExportOptions(name="s", graph="both", k=5))
     return model, path, {m.graph_kind: m.version_dir for m in result.models}
 
@@ -179,8 +177,6 @@ def test_index_retrieve_graphs_use_the_compact_lookup_and_answer_in_raw_ids(
 
 def test_export_refuses_compact_lookup_when_ids_are_strings(tmp_path):
     model = tiny_model(3, 4, 2)
-    path = save_artifacts(model, tmp_path / "art")
-    Vocabulary(["a", "b", "c"]).save(path.parent / contract.USER_VOCAB_FILE)
-    Vocabulary([1, 5, 9, 13]).save(path.parent / contract.ITEM_VOCAB_FILE)
+    path = save_artifacts(model, tmp_path / "art", ["a", "b", "c"], [1, 5, 9, 13])
     with pytest.raises(ExportError, match="needs int ids; the user ids are strings"):
         export_model(path, tmp_path / "repo", ExportOptions(name="x", k=2, id_lookup="compact"))

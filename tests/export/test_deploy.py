@@ -352,14 +352,10 @@ def test_cli_sizing_constants_and_kserve_endpoint_hint(repo: Path, tmp_path: Pat
 def test_sizing_counts_the_raw_id_lookups_each_vocabulary_got(tmp_path: Path):
     from export.api import ExportOptions, export_model
     from export.deploy.sizing import ID_LOOKUP_BYTES_PER_ID, read_model_sizing
-    from kmr import contract
-    from kmr.vocabulary import Vocabulary
     from tests.support.export_helpers import save_artifacts, tiny_model
 
     users, items = [10**9 + 3 * i for i in range(40)], [5 * i + 1 for i in range(60)]
-    path = save_artifacts(tiny_model(len(users), len(items), 4), tmp_path / "art")
-    Vocabulary(users).save(path.parent / contract.USER_VOCAB_FILE)
-    Vocabulary(items).save(path.parent / contract.ITEM_VOCAB_FILE)
+    path = save_artifacts(tiny_model(len(users), len(items), 4), tmp_path / "art", users, items)
     sizes = {}
     for ids in ("raw", "index"):
         repo = tmp_path / ids

@@ -22,9 +22,7 @@ ITEMS = [f"{i:05d}" for i in range(29)] + ["-1"]
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("raw")
     model = tiny_model(len(USERS), len(ITEMS), 6)
-    path = save_artifacts(model, tmp / "art")
-    Vocabulary(USERS).save(path.parent / contract.USER_VOCAB_FILE)
-    Vocabulary(ITEMS).save(path.parent / contract.ITEM_VOCAB_FILE)
+    path = save_artifacts(model, tmp / "art", USERS, ITEMS)
     result = export_model(path, tmp / "repo", ExportOptions(name="r", graph="both", k=5))
     return model, path, {m.graph_kind: m.version_dir for m in result.models}
 

@@ -21,14 +21,18 @@ def tiny_model(num_users: int = 30, num_items: int = 200, dim: int = 8, *,
     return model
 
 
-def save_artifacts(model, folder: str | os.PathLike[str]) -> Path:
-    """Saves model.keras and identity vocabularies; returns the model path."""
+def save_artifacts(model, folder: str | os.PathLike[str], users: list | None = None,
+                   items: list | None = None) -> Path:
+    """Saves model.keras and its vocabularies (raw ids ``users`` / ``items``, identity
+    where None), as ``train`` does; returns the model path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     emb = model.get_layer("embedding")
     model.save(folder / contract.MODEL_FILE)
-    Vocabulary(list(range(emb.num_users))).save(folder / contract.USER_VOCAB_FILE)
-    Vocabulary(list(range(emb.num_items))).save(folder / contract.ITEM_VOCAB_FILE)
+    Vocabulary(list(range(emb.num_users)) if users is None else users).save(
+        folder / contract.USER_VOCAB_FILE)
+    Vocabulary(list(range(emb.num_items)) if items is None else items).save(
+        folder / contract.ITEM_VOCAB_FILE)
     return folder / contract.MODEL_FILE
 
 

@@ -47,9 +47,7 @@ def export_raw_model(tmp: Path, prefix: str, users: list, items: list, seed: int
                      repo: Path | None = None) -> RawModel:
     """Exports a tiny model with these raw ids (both graphs, python backend)."""
     model = tiny_model(len(users), len(items), 4, seed=seed)
-    path = save_artifacts(model, tmp / prefix)
-    Vocabulary(users).save(path.parent / contract.USER_VOCAB_FILE)
-    Vocabulary(items).save(path.parent / contract.ITEM_VOCAB_FILE)
+    path = save_artifacts(model, tmp / prefix, users, items)
     export_model(path, repo or tmp / "repo", ExportOptions(name=prefix, graph="both", k=K,
                                                            backend="python"))
     user_table, item_table = (w.numpy() for w in model.get_layer("embedding").weights)

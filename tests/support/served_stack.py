@@ -54,9 +54,8 @@ def save_tiny_artifacts(folder: str | os.PathLike[str], seed: int) -> Path:
     """
     from tests.support.export_helpers import save_artifacts, tiny_model
 
-    model_path = save_artifacts(tiny_model(NUM_USERS, NUM_ITEMS, DIM, seed=seed), folder)
-    Vocabulary(USER_IDS).save(model_path.parent / contract.USER_VOCAB_FILE)
-    Vocabulary(ITEM_IDS).save(model_path.parent / contract.ITEM_VOCAB_FILE)
+    model_path = save_artifacts(tiny_model(NUM_USERS, NUM_ITEMS, DIM, seed=seed), folder,
+                                USER_IDS, ITEM_IDS)
     return model_path
 
 
