@@ -166,15 +166,12 @@ def id_lookup_bytes(manifest: dict[str, Any]) -> int:
     kind = manifest.get("id_kind", "index")
     if kind not in ("int", "str"):
         return 0
-    fallback = "label_encoder_str" if kind == "str" else "label_encoder"
+    per_id = dict(ID_LOOKUP_BYTES_PER_ID)
+    if kind == "str":
+        per_id["label_encoder"] = per_id["label_encoder_str"]
     lookups = manifest.get("id_lookup") or {}
-    total = 0
-    for what, count in (("users", manifest["num_users"]), ("items", manifest["num_items"])):
-        lookup = lookups.get(what, fallback)
-        if lookup == "label_encoder" and kind == "str":
-            lookup = fallback
-        total += int(count) * ID_LOOKUP_BYTES_PER_ID.get(lookup, ID_LOOKUP_BYTES_PER_ID[fallback])
-    return total
+    return sum(int(manifest[f"num_{what}"]) * per_id.get(lookups.get(what), per_id["label_encoder"])
+               for what in ("users", "items"))
 
 
 def local_models(repo: str | Path) -> list[str]:

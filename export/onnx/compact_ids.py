@@ -37,6 +37,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from kmr import contract
+
 # 1.8 ids per bucket (2.2 bytes of int32 displacement per id): ids in an arithmetic
 # progression fill the buckets evenly (1 or 2 ids each: 11% of the ids alone), random ids
 # as Poisson(1.8) (16%); those one-id buckets take the last free slots directly. (2.0
@@ -255,8 +257,6 @@ def encoder_nodes(graph: onnx.GraphProto, raw: str, index: str, lookup: CompactL
 
 def encoder_model(lookup: CompactLookup) -> onnx.ModelProto:
     """A model of the lookup alone: int64 ``ids [n]`` -> ``index [n]`` (-1: unknown)."""
-    from kmr import contract
-
     graph = helper.make_graph([], "compact_lookup", [
         helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["n"])], [
         helper.make_tensor_value_info("index", onnx.TensorProto.INT64, ["n"])])
