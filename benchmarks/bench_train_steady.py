@@ -2,10 +2,12 @@
 
 `bench_train_speed.py` times whole fits on MovieLens (48k rows: XLA compilation and the
 first epoch weigh a lot). Here `fit_recommender` trains ``--epochs`` epochs on synthetic
-data of ``--users`` x ``--per-user`` rows; each epoch is timed by a callback and the
-steady rate is the median of the epochs after the first. Variants (interleaved over
-``--repeats``): today's defaults, the same with D=32 (does the width matter?), and batch
-512 (does the per-step overhead matter?). Writes benchmarks/results/train_steady.json/.md.
+data of ``--users`` x ``--per-user`` rows (`FitResult.epoch_seconds`); the steady rate
+is the median of the epochs after the first. Variants (interleaved over ``--repeats``):
+Keras' fit of the objective (the previous loop) and `SampledSoftmaxLoop` at the
+defaults, then the compiled loop at batch 512 and at D 64 (what the per-step overhead
+and the width cost). Writes benchmarks/results/train_steady.json/.md (``--out NAME``
+for another file name).
 
 Run: .venv/bin/python benchmarks/bench_train_steady.py [--repeats 2]
 """
@@ -16,14 +18,12 @@ import argparse
 import json
 import os
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import loadavg, machine_info, markdown_table  # noqa: E402
 
@@ -31,42 +31,13 @@ from kmr.data.synthetic import make_synthetic  # noqa: E402
 from kmr.training.fit import TrainSettings, fit_recommender  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-VARIANTS = {
-    "defaults (batch 256, D 128)": {},
-    "D 32": {"embedding_dim": 32},
-    "batch 512": {"batch_size": 512},
+# (settings change, compiled_loop) per variant.
+VARIANTS: dict[str, tuple[dict, bool]] = {
+    "Keras fit (ObjectiveModel + LazyAdam, XLA, 64 steps/call)": ({}, False),
+    "compiled loop (SampledSoftmaxLoop), defaults": ({}, True),
+    "compiled loop, batch 512": ({"batch_size": 512}, True),
+    "compiled loop, D 64": ({"embedding_dim": 64}, True),
 }
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Wall seconds of each epoch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.seconds.append(time.perf_counter() - self._start)
-
-
-def timed_fit(data, settings: TrainSettings) -> list[float]:
-    """Epoch seconds of one `fit_recommender` run (the callback rides on Keras's fit)."""
-    timer = EpochTimer()
-    original = keras.Model.fit
-
-    def fit(model, *args, **kwargs):
-        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), timer]
-        return original(model, *args, **kwargs)
-
-    keras.Model.fit = fit
-    try:
-        fit_recommender(data, settings, verbose=0)
-    finally:
-        keras.Model.fit = original
-    return timer.seconds
 
 
 def main() -> int:
@@ -76,15 +47,17 @@ def main() -> int:
     parser.add_argument("--per-user", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default="train_steady")
     args = parser.parse_args()
     data = make_synthetic(num_users=args.users, num_items=args.items,
                           interactions_per_user=args.per_user, seed=0)
     start_info = machine_info()
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     for _ in range(args.repeats):
-        for name, change in VARIANTS.items():
+        for name, (change, compiled) in VARIANTS.items():
             settings = replace(TrainSettings(), epochs=args.epochs, **change)
-            seconds = timed_fit(data, settings)
+            seconds = fit_recommender(data, settings, verbose=0,
+                                      compiled_loop=compiled).epoch_seconds
             steady = [len(data) / s for s in seconds[1:]]
             runs[name].append({"epoch_seconds": [round(s, 2) for s in seconds],
                                "first_epoch_ips": round(len(data) / seconds[0]),
@@ -93,8 +66,8 @@ def main() -> int:
     report = {"rows": len(data), "users": data.num_users, "items": data.num_items,
               "runs": runs, "machine": start_info, "loadavg_end": loadavg()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train_steady.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "train_steady.md").write_text(_markdown(report))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{args.out}.md").write_text(_markdown(report))
     print(_markdown(report))
     return 0
 

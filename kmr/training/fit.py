@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import keras
 import numpy as np
 
 from kmr.data.interactions import Interactions
-from kmr.models import build_recommender, recommender_parts
+from kmr.models import RecommenderParts, build_recommender, recommender_parts
 from kmr.training.artifacts import check_output_dir, write_artifacts
 from kmr.training.evaluation import (
     HoldoutSplit,
@@ -39,6 +40,12 @@ from kmr.training.evaluation import (
 )
 from kmr.training.objectives import ObjectiveModel, pairwise_scores
 from kmr.training.optimizers import LazyAdam
+from kmr.training.sampled_softmax_loop import (
+    EpochBatches,
+    LoopSettings,
+    SampledSoftmaxLoop,
+    epoch_batches,
+)
 from kmr.training.settings import TrainSettings
 
 # XLA fuses the (B, B) logit block's element-wise work; with the row-sparse LazyAdam
@@ -58,6 +65,8 @@ class FitResult:
         loss: Training loss per epoch.
         validation: Per-epoch validation metrics, when a validation split was given.
         seconds: Wall time of the fit (graph compilation included).
+        epoch_seconds: Wall time of each epoch (the first includes the compilation;
+            validation is not included).
         num_positives: Training rows the fit read per epoch.
         epochs: Passes over them.
     """
@@ -69,6 +78,7 @@ class FitResult:
     seconds: float = 0.0
     num_positives: int = 0
     epochs: int = 0
+    epoch_seconds: list[float] = field(default_factory=list)
 
     @property
     def interactions_per_second(self) -> float:
@@ -176,6 +186,7 @@ def fit_recommender(
     *,
     validation: HoldoutSplit | None = None,
     verbose: int = 1,
+    compiled_loop: bool | None = None,
 ) -> FitResult:
     """Builds the recommender and trains it on ``train``'s positives.
 
@@ -186,7 +197,11 @@ def fit_recommender(
         train: Training positives (their vocabularies size the tables).
         settings: Hyper-parameters (default: `TrainSettings()`).
         validation: If given, ranking metrics on it are recorded after every epoch.
-        verbose: 0 silent, 1 one line per epoch with the loss (Keras ``verbose=2``).
+        verbose: 0 silent, 1 one line per epoch with the loss.
+        compiled_loop: Train with `SampledSoftmaxLoop` (sampled softmax on TensorFlow
+            only), or with Keras' ``fit`` of `ObjectiveModel` + `LazyAdam` (every
+            objective, every backend). ``None`` (default): the compiled loop wherever
+            it applies; the two compute the same updates.
 
     Returns:
         The trained inference model and its curves.
@@ -212,6 +227,82 @@ def fit_recommender(
         normalization=settings.normalization,
     )
     parts = recommender_parts(model)
+    tracker = None if validation is None else _ValidationTracker(model, validation, settings.k)
+    epochs = _EpochLog(
+        tracker=tracker,
+        verbose=verbose,
+        total=settings.epochs,
+    )
+    start = time.perf_counter()
+    if compiled_loop is None:
+        compiled_loop = _compiled_loop_applies(objective)
+    elif compiled_loop and not _compiled_loop_applies(objective):
+        raise ValueError(
+            "Invalid value received for argument `compiled_loop`: the compiled loop "
+            "trains objective='sampled_softmax' on the TensorFlow backend only. Received: "
+            f"objective={objective!r}, backend={keras.backend.backend()!r}"
+        )
+    if compiled_loop:
+        _fit_compiled(train, settings, parts, epochs)
+    else:
+        _fit_keras(train, settings, parts, objective, epochs)
+    seconds = time.perf_counter() - start
+    return FitResult(
+        model=model,
+        objective=objective,
+        loss=epochs.loss,
+        validation=epochs.tracker.metrics if epochs.tracker is not None else [],
+        seconds=seconds,
+        epoch_seconds=epochs.seconds,
+        num_positives=len(train),
+        epochs=settings.epochs,
+    )
+
+
+def _steps_per_execution(num_rows: int, batch_size: int) -> int:
+    """Steps per compiled call: `_STEPS_PER_EXECUTION`, at most one epoch's steps."""
+    steps = -(-num_rows // batch_size)
+    return max(1, min(_STEPS_PER_EXECUTION, steps))
+
+
+def _compiled_loop_applies(objective: str) -> bool:
+    """Sampled softmax on TensorFlow runs `SampledSoftmaxLoop`; the rest runs Keras' fit."""
+    return objective == "sampled_softmax" and keras.backend.backend() == "tensorflow"
+
+
+def _fit_compiled(
+    train: Interactions, settings: TrainSettings, parts: RecommenderParts, epochs: _EpochLog
+) -> None:
+    loop = SampledSoftmaxLoop(
+        parts.embedding,
+        parts.similarity,
+        train.item_counts(),
+        LoopSettings(settings.learning_rate, settings.temperature, settings.logq_weight),
+    )
+    shuffle = np.random.default_rng(settings.seed)
+
+    def cut(order: np.ndarray) -> EpochBatches:
+        return epoch_batches(train.users, train.items, settings.batch_size, order)
+
+    # The next epoch's batches are cut on the host while this one trains: the compiled
+    # steps keep one core busy, the other would idle.
+    with ThreadPoolExecutor(max_workers=1) as host:
+        upcoming = host.submit(cut, shuffle.permutation(len(train)))
+        for epoch in range(settings.epochs):
+            epochs.begin()
+            batches = upcoming.result()
+            if epoch + 1 < settings.epochs:
+                upcoming = host.submit(cut, shuffle.permutation(len(train)))
+            epochs.end(loop.run_epoch(batches))
+
+
+def _fit_keras(
+    train: Interactions,
+    settings: TrainSettings,
+    parts: RecommenderParts,
+    objective: str,
+    epochs: _EpochLog,
+) -> None:
     trainer = ObjectiveModel(
         parts.embedding,
         parts.similarity,
@@ -227,36 +318,14 @@ def fit_recommender(
         jit_compile=_JIT,
         steps_per_execution=_steps_per_execution(len(train), settings.batch_size),
     )
-    callbacks: list[keras.callbacks.Callback] = []
-    tracker = None
-    if validation is not None:
-        tracker = _ValidationTracker(model, validation, settings.k)
-        callbacks.append(tracker)
-    start = time.perf_counter()
-    history = trainer.fit(
+    trainer.fit(
         {"user": train.users, "item": train.items},
         batch_size=settings.batch_size,
         epochs=settings.epochs,
         shuffle=True,
-        verbose=2 if verbose else 0,
-        callbacks=callbacks,
+        verbose=0,
+        callbacks=[_KerasEpochs(epochs)],
     )
-    seconds = time.perf_counter() - start
-    return FitResult(
-        model=model,
-        objective=objective,
-        loss=[float(v) for v in history.history.get("loss", [])],
-        validation=tracker.metrics if tracker is not None else [],
-        seconds=seconds,
-        num_positives=len(train),
-        epochs=settings.epochs,
-    )
-
-
-def _steps_per_execution(num_rows: int, batch_size: int) -> int:
-    """Steps per compiled call: `_STEPS_PER_EXECUTION`, at most one epoch's steps."""
-    steps = -(-num_rows // batch_size)
-    return max(1, min(_STEPS_PER_EXECUTION, steps))
 
 
 def train_recommender(
@@ -368,13 +437,49 @@ def _say(verbose: int, line: str) -> None:
         print(line, flush=True)
 
 
-class _ValidationTracker(keras.callbacks.Callback):
+class _ValidationTracker:
     def __init__(self, model: keras.Model, split: HoldoutSplit, k: int) -> None:
-        super().__init__()
         self._scorer = embedding_scorer(model)
         self._split = split
         self._k = k
         self.metrics: list[RankingMetrics] = []
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+    def evaluate(self) -> None:
         self.metrics.append(evaluate_ranking(self._scorer, self._split, self._k))
+
+
+@dataclass
+class _EpochLog:
+    """Per-epoch loss, time, validation and progress line, whichever loop trains."""
+
+    tracker: _ValidationTracker | None
+    verbose: int
+    total: int
+    loss: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    _start: float = 0.0
+
+    def begin(self) -> None:
+        self._start = time.perf_counter()
+
+    def end(self, loss: float) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+        self.loss.append(float(loss))
+        if self.tracker is not None:
+            self.tracker.evaluate()
+        _say(
+            self.verbose,
+            f"Epoch {len(self.loss)}/{self.total} - {self.seconds[-1]:.1f}s - loss: {loss:.4f}",
+        )
+
+
+class _KerasEpochs(keras.callbacks.Callback):
+    def __init__(self, log: _EpochLog) -> None:
+        super().__init__()
+        self._log = log
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._log.begin()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._log.end(float((logs or {}).get("loss", float("nan"))))

@@ -1,0 +1,263 @@
+"""A compiled training loop for in-batch sampled softmax with lazy Adam (TensorFlow).
+
+It computes the same loss and applies the same update as `ObjectiveModel`'s
+``"sampled_softmax"`` objective under `kmr.training.optimizers.LazyAdam` (a test checks
+the two agree step by step), about 2x faster on 2 CPU cores, because it:
+
+- differentiates with respect to the gathered ``(B, D)`` rows instead of the tables, so
+  no ``IndexedSlices`` machinery runs;
+- keeps Adam's two moments of a table in one ``(N, 2D)`` table: one gather and one
+  scatter per table and step, instead of two of each;
+- sums the gradients of a row that a batch holds twice with the positions of first
+  occurrence that the host computed when it cut the batch (`first_occurrence`), instead
+  of ``tf.unique`` inside the step (XLA's unique alone cost ~0.1 ms per table and step);
+- runs `STEPS_PER_CALL` steps per compiled call, padding the epoch's last batch
+  (`EpochBatches.valid`), so one XLA compilation serves every call of a fit.
+
+Example:
+    >>> import numpy as np
+    >>> first_occurrence(np.array([[7, 3, 7, 3, 5]])).tolist()
+    [[0, 1, 0, 1, 4]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kmr.layers import CollaborativeUserItemEmbedding, NormalizedDotProductSimilarity
+
+STEPS_PER_CALL = 64
+# Large negative logit for masked entries (not -inf: 0 * inf would poison gradients).
+_MASKED = -1e9
+# keras.optimizers.Adam's defaults, which LazyAdam keeps.
+_BETA_1, _BETA_2, _EPSILON = 0.9, 0.999, 1e-7
+
+
+def first_occurrence(ids: np.ndarray) -> np.ndarray:
+    """For each row of ``ids (S, B)``, the position of the first entry equal to each entry.
+
+    Example:
+        >>> first_occurrence(np.array([[2, 2, 2], [1, 0, 1]])).tolist()
+        [[0, 0, 0], [0, 1, 0]]
+    """
+    ids = np.asarray(ids)
+    order = np.argsort(ids, axis=1, kind="stable")
+    ranked = np.take_along_axis(ids, order, axis=1)
+    starts = np.ones(ranked.shape, dtype=bool)
+    starts[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+    # Position (in sorted order) of each entry's group start, then back to the batch.
+    start_at = np.maximum.accumulate(np.where(starts, np.arange(ids.shape[1]), 0), axis=1)
+    first = np.empty_like(order)
+    np.put_along_axis(first, order, np.take_along_axis(order, start_at, axis=1), axis=1)
+    return first.astype(np.int32)
+
+
+@dataclass(frozen=True)
+class EpochBatches:
+    """One epoch cut into ``(steps, B)`` batches; the last one padded.
+
+    Attributes:
+        users, items: Dense ids per batch position (padding repeats position 0).
+        user_first, item_first: `first_occurrence` of each.
+        valid: 1.0 for a real row, 0.0 for padding.
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    user_first: np.ndarray
+    item_first: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def steps(self) -> int:
+        """Batches in the epoch."""
+        return int(self.users.shape[0])
+
+
+def epoch_batches(
+    users: np.ndarray, items: np.ndarray, batch_size: int, order: np.ndarray | None = None
+) -> EpochBatches:
+    """Cuts the rows ``order`` (default: as given) into batches of ``batch_size``.
+
+    Example:
+        >>> b = epoch_batches(np.array([0, 1, 1]), np.array([5, 6, 5]), batch_size=2)
+        >>> b.steps, b.users.tolist(), b.valid.tolist()
+        (2, [[0, 1], [1, 1]], [[1.0, 1.0], [1.0, 0.0]])
+    """
+    order = np.arange(len(users)) if order is None else np.asarray(order)
+    steps = -(-len(order) // batch_size)
+    padded = np.full(steps * batch_size, -1, dtype=np.int64)
+    padded[: len(order)] = order
+    valid = (padded >= 0).reshape(steps, batch_size)
+    rows = padded.reshape(steps, batch_size)
+    # A padding slot repeats its batch's first row: same ids, so `first_occurrence`
+    # folds its (zero) gradient into that row's, and it updates nothing of its own.
+    rows = np.where(valid, rows, rows[:, :1])
+    batch_users = np.asarray(users)[rows].astype(np.int32)
+    batch_items = np.asarray(items)[rows].astype(np.int32)
+    return EpochBatches(
+        users=batch_users,
+        items=batch_items,
+        user_first=first_occurrence(batch_users),
+        item_first=first_occurrence(batch_items),
+        valid=valid.astype(np.float32),
+    )
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The hyper-parameters the loop uses (a subset of `TrainSettings`)."""
+
+    learning_rate: float
+    temperature: float
+    logq_weight: float = 1.0
+
+
+class SampledSoftmaxLoop:
+    """Trains an embedding layer's tables in place, epoch by epoch.
+
+    Args:
+        embedding: The inference model's embedding layer (its tables are updated).
+        similarity: Its similarity layer (``sqrt_dim`` or ``cosine``; differentiated).
+        item_counts: Training positives per item (the logQ correction).
+        settings: Learning rate, temperature and logQ weight.
+
+    Example:
+        >>> from kmr.models import build_recommender, recommender_parts
+        >>> parts = recommender_parts(build_recommender(4, 6, embedding_dim=8))
+        >>> loop = SampledSoftmaxLoop(parts.embedding, parts.similarity, np.ones(6),
+        ...                           LoopSettings(learning_rate=0.01, temperature=0.1))
+        >>> batches = epoch_batches(np.array([0, 1, 2]), np.array([3, 4, 5]), 2)
+        >>> loss = loop.run_epoch(batches)
+        >>> bool(loss > 0)
+        True
+    """
+
+    def __init__(
+        self,
+        embedding: CollaborativeUserItemEmbedding,
+        similarity: NormalizedDotProductSimilarity,
+        item_counts: np.ndarray,
+        settings: LoopSettings,
+    ) -> None:
+        import tensorflow as tf
+
+        if not settings.temperature > 0:
+            raise ValueError(
+                "Invalid value received for argument `temperature`. Expected a float > 0. "
+                f"Received: temperature={settings.temperature!r}"
+            )
+        self._tf = tf
+        self._embedding = embedding
+        self._similarity = similarity
+        self._settings = settings
+        counts = np.asarray(item_counts, dtype=np.float64)
+        probability = np.maximum(counts, 1.0) / max(counts.sum(), 1.0)
+        self._log_q = tf.constant(
+            (float(settings.logq_weight) * np.log(probability)).astype(np.float32)
+        )
+        self._users = embedding.user_embeddings.value
+        self._items = embedding.item_embeddings.value
+        dim = embedding.embedding_dim
+        self._user_moments = tf.Variable(tf.zeros((embedding.num_users, 2 * dim)))
+        self._item_moments = tf.Variable(tf.zeros((embedding.num_items, 2 * dim)))
+        self._iterations = tf.Variable(0, dtype=tf.int64)
+        self._run = tf.function(self._steps, jit_compile=True)
+
+    def run_epoch(self, batches: EpochBatches) -> float:
+        """Trains on every batch in order; returns the mean loss over the real rows."""
+        tf = self._tf
+        total, rows = 0.0, 0.0
+        for start in range(0, batches.steps, STEPS_PER_CALL):
+            chunk = [
+                _pad_steps(part[start : start + STEPS_PER_CALL])
+                for part in (
+                    batches.users, batches.items, batches.user_first, batches.item_first,
+                    batches.valid,
+                )
+            ]
+            steps = min(STEPS_PER_CALL, batches.steps - start)
+            total += float(self._run(*chunk, tf.constant(steps, tf.int32)))
+            rows += float(batches.valid[start : start + steps].sum())
+        return total / max(rows, 1.0)
+
+    def _steps(self, users: Any, items: Any, user_first: Any, item_first: Any,
+               valid: Any, steps: Any) -> Any:
+        tf = self._tf
+        total = tf.constant(0.0)
+        for s in tf.range(steps):
+            total += self._step(users[s], items[s], user_first[s], item_first[s], valid[s])
+        return total
+
+    def _step(self, users: Any, items: Any, user_first: Any, item_first: Any,
+              valid: Any) -> Any:
+        tf = self._tf
+        user_rows = tf.gather(self._users, users)
+        item_rows = tf.gather(self._items, items)
+        with tf.GradientTape() as tape:
+            tape.watch([user_rows, item_rows])
+            loss_sum, count = self._loss_sum(user_rows, item_rows, items, valid)
+            loss = loss_sum / count
+        user_grad, item_grad = tape.gradient(loss, [user_rows, item_rows])
+        self._iterations.assign_add(1)
+        step = tf.cast(self._iterations, tf.float32)
+        alpha = (
+            self._settings.learning_rate
+            * tf.sqrt(1.0 - tf.pow(_BETA_2, step))
+            / (1.0 - tf.pow(_BETA_1, step))
+        )
+        _lazy_adam_rows(tf, self._users, self._user_moments, users, user_first, user_grad, alpha)
+        _lazy_adam_rows(tf, self._items, self._item_moments, items, item_first, item_grad, alpha)
+        return loss_sum
+
+    def _loss_sum(self, user_rows: Any, item_rows: Any, items: Any, valid: Any) -> Any:
+        """Summed cross-entropy plus L2 of the real rows, and their count."""
+        from kmr.training.objectives import pairwise_scores
+
+        tf = self._tf
+        count = tf.reduce_sum(valid)
+        logits = pairwise_scores(self._similarity, user_rows, item_rows)
+        # Padding is nobody's negative: its column's offset pushes it to _MASKED (a
+        # (B,) offset, where a (B, B) mask measured ~10% of the step).
+        offset = tf.gather(self._log_q, items) - _MASKED * (1.0 - valid)
+        logits = logits / self._settings.temperature - offset[None, :]
+        # Another row holding the same item is that row's positive, not a negative.
+        same = tf.equal(items[:, None], items[None, :])
+        other = tf.logical_not(tf.eye(tf.shape(items)[0], dtype=tf.bool))
+        logits = tf.where(tf.logical_and(same, other), _MASKED, logits)
+        labels = tf.range(tf.shape(items)[0])
+        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        loss_sum = tf.reduce_sum(cross_entropy * valid)
+        l2 = self._embedding.l2_reg
+        if l2 > 0:
+            squares = tf.reduce_sum(user_rows**2, 1) + tf.reduce_sum(item_rows**2, 1)
+            loss_sum += l2 * tf.reduce_sum(squares * valid)
+        return loss_sum, count
+
+
+def _lazy_adam_rows(tf: Any, table: Any, moments: Any, ids: Any, first: Any, grad: Any,
+                    alpha: Any) -> None:
+    """LazyAdam on the rows ``ids`` of ``table``; each distinct row updated once."""
+    dim = grad.shape[-1]
+    # Every copy of a row gets the row's summed gradient, so every copy computes the same
+    # moments (writing them twice is harmless); only the first copy moves the weights.
+    summed = tf.tensor_scatter_nd_add(tf.zeros_like(grad), first[:, None], grad)
+    grad = tf.gather(summed, first)
+    old = tf.gather(moments, ids)
+    m = _BETA_1 * old[:, :dim] + (1.0 - _BETA_1) * grad
+    v = _BETA_2 * old[:, dim:] + (1.0 - _BETA_2) * tf.square(grad)
+    moments.scatter_update(tf.IndexedSlices(tf.concat([m, v], 1), ids))
+    is_first = tf.cast(tf.equal(first, tf.range(tf.shape(first)[0])), grad.dtype)
+    update = alpha * m / (tf.sqrt(v) + _EPSILON) * is_first[:, None]
+    table.scatter_sub(tf.IndexedSlices(update, ids))
+
+
+def _pad_steps(part: np.ndarray) -> np.ndarray:
+    """A chunk of fewer than `STEPS_PER_CALL` steps padded (unrun) to the full shape."""
+    missing = STEPS_PER_CALL - part.shape[0]
+    if missing == 0:
+        return part
+    return np.concatenate([part, np.repeat(part[-1:], missing, axis=0)])
