@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -125,6 +125,10 @@ class SampledSoftmaxLoop:
         item_counts: Training positives per item (the logQ correction).
         settings: Learning rate, temperature and logQ weight.
 
+    Every loop shares one compiled function (tables and settings are its arguments), so
+    a second fit with tables of the same shapes (the final fit after the holdout fit,
+    the candidates of ``tune``) does not compile again.
+
     Example:
         >>> from kmr.models import build_recommender, recommender_parts
         >>> parts = recommender_parts(build_recommender(4, 6, embedding_dim=8))
@@ -150,26 +154,29 @@ class SampledSoftmaxLoop:
                 "Invalid value received for argument `temperature`. Expected a float > 0. "
                 f"Received: temperature={settings.temperature!r}"
             )
-        self._tf = tf
-        self._embedding = embedding
-        self._similarity = similarity
-        self._settings = settings
         counts = np.asarray(item_counts, dtype=np.float64)
         probability = np.maximum(counts, 1.0) / max(counts.sum(), 1.0)
-        self._log_q = tf.constant(
-            (float(settings.logq_weight) * np.log(probability)).astype(np.float32)
-        )
-        self._users = embedding.user_embeddings.value
-        self._items = embedding.item_embeddings.value
         dim = embedding.embedding_dim
-        self._user_moments = tf.Variable(tf.zeros((embedding.num_users, 2 * dim)))
-        self._item_moments = tf.Variable(tf.zeros((embedding.num_items, 2 * dim)))
-        self._iterations = tf.Variable(0, dtype=tf.int64)
-        self._run = tf.function(self._steps, jit_compile=True)
+        self._state = _LoopState(
+            users=embedding.user_embeddings.value,
+            items=embedding.item_embeddings.value,
+            user_moments=tf.Variable(tf.zeros((embedding.num_users, 2 * dim))),
+            item_moments=tf.Variable(tf.zeros((embedding.num_items, 2 * dim))),
+            iterations=tf.Variable(0, dtype=tf.int64),
+            log_q=tf.constant(
+                (float(settings.logq_weight) * np.log(probability)).astype(np.float32)
+            ),
+            hyper=tf.constant(
+                [settings.learning_rate, settings.temperature, embedding.l2_reg], tf.float32
+            ),
+        )
+        self._normalization = similarity.normalization
+        self._tf = tf
 
     def run_epoch(self, batches: EpochBatches) -> float:
         """Trains on every batch in order; returns the mean loss over the real rows."""
         tf = self._tf
+        run = _compiled_steps()
         total, rows = 0.0, 0.0
         for start in range(0, batches.steps, STEPS_PER_CALL):
             chunk = [
@@ -180,62 +187,107 @@ class SampledSoftmaxLoop:
                 )
             ]
             steps = min(STEPS_PER_CALL, batches.steps - start)
-            total += float(self._run(*chunk, tf.constant(steps, tf.int32)))
+            total += float(run(self._state, self._normalization, *chunk,
+                               tf.constant(steps, tf.int32)))
             rows += float(batches.valid[start : start + steps].sum())
         return total / max(rows, 1.0)
 
-    def _steps(self, users: Any, items: Any, user_first: Any, item_first: Any,
-               valid: Any, steps: Any) -> Any:
-        tf = self._tf
-        total = tf.constant(0.0)
-        for s in tf.range(steps):
-            total += self._step(users[s], items[s], user_first[s], item_first[s], valid[s])
-        return total
 
-    def _step(self, users: Any, items: Any, user_first: Any, item_first: Any,
-              valid: Any) -> Any:
-        tf = self._tf
-        user_rows = tf.gather(self._users, users)
-        item_rows = tf.gather(self._items, items)
-        with tf.GradientTape() as tape:
-            tape.watch([user_rows, item_rows])
-            loss_sum, count = self._loss_sum(user_rows, item_rows, items, valid)
-            loss = loss_sum / count
-        user_grad, item_grad = tape.gradient(loss, [user_rows, item_rows])
-        self._iterations.assign_add(1)
-        step = tf.cast(self._iterations, tf.float32)
-        alpha = (
-            self._settings.learning_rate
-            * tf.sqrt(1.0 - tf.pow(_BETA_2, step))
-            / (1.0 - tf.pow(_BETA_1, step))
-        )
-        _lazy_adam_rows(tf, self._users, self._user_moments, users, user_first, user_grad, alpha)
-        _lazy_adam_rows(tf, self._items, self._item_moments, items, item_first, item_grad, alpha)
-        return loss_sum
+class _LoopState(NamedTuple):
+    """What the compiled steps read and update (hyper: learning rate, temperature, l2).
 
-    def _loss_sum(self, user_rows: Any, item_rows: Any, items: Any, valid: Any) -> Any:
-        """Summed cross-entropy plus L2 of the real rows, and their count."""
-        from kmr.training.objectives import pairwise_scores
+    A NamedTuple: tf.function traces it as a structure of its variables and tensors.
+    """
 
-        tf = self._tf
-        count = tf.reduce_sum(valid)
-        logits = pairwise_scores(self._similarity, user_rows, item_rows)
-        # Padding is nobody's negative: its column's offset pushes it to _MASKED (a
-        # (B,) offset, where a (B, B) mask measured ~10% of the step).
-        offset = tf.gather(self._log_q, items) - _MASKED * (1.0 - valid)
-        logits = logits / self._settings.temperature - offset[None, :]
-        # Another row holding the same item is that row's positive, not a negative.
-        same = tf.equal(items[:, None], items[None, :])
-        other = tf.logical_not(tf.eye(tf.shape(items)[0], dtype=tf.bool))
-        logits = tf.where(tf.logical_and(same, other), _MASKED, logits)
-        labels = tf.range(tf.shape(items)[0])
-        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-        loss_sum = tf.reduce_sum(cross_entropy * valid)
-        l2 = self._embedding.l2_reg
-        if l2 > 0:
-            squares = tf.reduce_sum(user_rows**2, 1) + tf.reduce_sum(item_rows**2, 1)
-            loss_sum += l2 * tf.reduce_sum(squares * valid)
-        return loss_sum, count
+    users: Any
+    items: Any
+    user_moments: Any
+    item_moments: Any
+    iterations: Any
+    log_q: Any
+    hyper: Any
+
+
+_COMPILED: list[Any] = []
+
+
+def _compiled_steps() -> Any:
+    """The one XLA function every loop calls (built on first use: TensorFlow is lazy)."""
+    if not _COMPILED:
+        import tensorflow as tf
+
+        _COMPILED.append(tf.function(_steps, jit_compile=True))
+    return _COMPILED[0]
+
+
+def _steps(state: _LoopState, normalization: str, users: Any, items: Any, user_first: Any,
+           item_first: Any, valid: Any, steps: Any) -> Any:
+    import tensorflow as tf
+
+    total = tf.constant(0.0)
+    for s in tf.range(steps):
+        batch = _Batch(users[s], items[s], user_first[s], item_first[s], valid[s])
+        total += _step(tf, state, normalization, batch)
+    return total
+
+
+class _Batch(NamedTuple):
+    users: Any
+    items: Any
+    user_first: Any
+    item_first: Any
+    valid: Any
+
+
+def _step(tf: Any, state: _LoopState, normalization: str, batch: _Batch) -> Any:
+    user_rows = tf.gather(state.users, batch.users)
+    item_rows = tf.gather(state.items, batch.items)
+    with tf.GradientTape() as tape:
+        tape.watch([user_rows, item_rows])
+        loss_sum = _loss_sum(tf, state, normalization, user_rows, item_rows, batch)
+        loss = loss_sum / tf.reduce_sum(batch.valid)
+    user_grad, item_grad = tape.gradient(loss, [user_rows, item_rows])
+    state.iterations.assign_add(1)
+    step = tf.cast(state.iterations, tf.float32)
+    alpha = state.hyper[0] * tf.sqrt(1.0 - tf.pow(_BETA_2, step)) / (1.0 - tf.pow(_BETA_1, step))
+    _lazy_adam_rows(tf, state.users, state.user_moments, batch.users, batch.user_first,
+                    user_grad, alpha)
+    _lazy_adam_rows(tf, state.items, state.item_moments, batch.items, batch.item_first,
+                    item_grad, alpha)
+    return loss_sum
+
+
+def _loss_sum(tf: Any, state: _LoopState, normalization: str, user_rows: Any,
+              item_rows: Any, batch: _Batch) -> Any:
+    """Summed cross-entropy plus L2 of the batch's real rows."""
+    from kmr.training.objectives import pairwise_scores
+
+    similarity = _similarity(normalization)
+    items, valid = batch.items, batch.valid
+    logits = pairwise_scores(similarity, user_rows, item_rows)
+    # Padding is nobody's negative: its column's offset pushes it to _MASKED (a
+    # (B,) offset, where a (B, B) mask measured ~10% of the step).
+    offset = tf.gather(state.log_q, items) - _MASKED * (1.0 - valid)
+    logits = logits / state.hyper[1] - offset[None, :]
+    # Another row holding the same item is that row's positive, not a negative.
+    same = tf.equal(items[:, None], items[None, :])
+    other = tf.logical_not(tf.eye(tf.shape(items)[0], dtype=tf.bool))
+    logits = tf.where(tf.logical_and(same, other), _MASKED, logits)
+    labels = tf.range(tf.shape(items)[0])
+    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    squares = tf.reduce_sum(user_rows**2, 1) + tf.reduce_sum(item_rows**2, 1)
+    return tf.reduce_sum((cross_entropy + state.hyper[2] * squares) * valid)
+
+
+_SIMILARITIES: dict[str, NormalizedDotProductSimilarity] = {}
+
+
+def _similarity(normalization: str) -> NormalizedDotProductSimilarity:
+    """A similarity layer of that normalization: it has no weights, so any instance
+    computes the model's own scores, and a shared one keeps the traced function shared."""
+    if normalization not in _SIMILARITIES:
+        _SIMILARITIES[normalization] = NormalizedDotProductSimilarity(normalization)
+    return _SIMILARITIES[normalization]
 
 
 def _lazy_adam_rows(tf: Any, table: Any, moments: Any, ids: Any, first: Any, grad: Any,

@@ -116,3 +116,18 @@ def test_fit_recommender_trains_with_keras_fit_when_compiled_loop_off():
     fit = fit_recommender(data, TrainSettings(epochs=3, embedding_dim=4), verbose=0,
                           compiled_loop=False)
     assert len(fit.epoch_seconds) == 3 and fit.loss[-1] < fit.loss[0]
+
+
+def test_second_loop_reuses_compiled_steps_when_shapes_equal():
+    from kmr.training.sampled_softmax_loop import _compiled_steps
+
+    def one_epoch(learning_rate: float) -> None:
+        parts = recommender_parts(build_recommender(NUM_USERS, NUM_ITEMS, DIM, l2_reg=0.5))
+        loop = SampledSoftmaxLoop(parts.embedding, parts.similarity, np.ones(NUM_ITEMS),
+                                  LoopSettings(learning_rate=learning_rate, temperature=0.3))
+        loop.run_epoch(epoch_batches(USERS, ITEMS, 4))
+
+    one_epoch(0.1)
+    traced = _compiled_steps().experimental_get_tracing_count()
+    one_epoch(0.2)  # new tables, new settings, same shapes
+    assert _compiled_steps().experimental_get_tracing_count() == traced
