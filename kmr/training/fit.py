@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import keras
 import numpy as np
 
 from kmr.data.interactions import Interactions
-from kmr.models import RecommenderParts, build_recommender, recommender_parts
+from kmr.models import build_recommender, recommender_parts
 from kmr.training.artifacts import check_output_dir, write_artifacts
 from kmr.training.evaluation import (
     HoldoutSplit,
@@ -38,21 +37,9 @@ from kmr.training.evaluation import (
     holdout_split,
     popularity_scorer,
 )
-from kmr.training.objectives import ObjectiveModel, pairwise_scores
-from kmr.training.optimizers import LazyAdam
-from kmr.training.sampled_softmax_loop import (
-    EpochBatches,
-    LoopSettings,
-    SampledSoftmaxLoop,
-    epoch_batches,
-)
+from kmr.training.loops import EpochLog, compiled_loop_applies, fit_compiled, fit_keras
+from kmr.training.objectives import pairwise_scores
 from kmr.training.settings import TrainSettings
-
-# XLA fuses the (B, B) logit block's element-wise work; with the row-sparse LazyAdam
-# (no dense table updates) it measured ~1.7x faster than without on 2 CPU cores.
-_JIT = True
-# Training steps per compiled call: removes the per-step Python/dispatch overhead.
-_STEPS_PER_EXECUTION = 64
 
 
 @dataclass
@@ -228,24 +215,24 @@ def fit_recommender(
     )
     parts = recommender_parts(model)
     tracker = None if validation is None else _ValidationTracker(model, validation, settings.k)
-    epochs = _EpochLog(
+    epochs = EpochLog(
         tracker=tracker,
         verbose=verbose,
         total=settings.epochs,
     )
     start = time.perf_counter()
     if compiled_loop is None:
-        compiled_loop = _compiled_loop_applies(objective)
-    elif compiled_loop and not _compiled_loop_applies(objective):
+        compiled_loop = compiled_loop_applies(objective)
+    elif compiled_loop and not compiled_loop_applies(objective):
         raise ValueError(
             "Invalid value received for argument `compiled_loop`: the compiled loop "
             "trains objective='sampled_softmax' on the TensorFlow backend only. Received: "
             f"objective={objective!r}, backend={keras.backend.backend()!r}"
         )
     if compiled_loop:
-        _fit_compiled(train, settings, parts, epochs)
+        fit_compiled(train, settings, parts, epochs)
     else:
-        _fit_keras(train, settings, parts, objective, epochs)
+        fit_keras(train, settings, parts, objective, epochs)
     seconds = time.perf_counter() - start
     return FitResult(
         model=model,
@@ -256,75 +243,6 @@ def fit_recommender(
         epoch_seconds=epochs.seconds,
         num_positives=len(train),
         epochs=settings.epochs,
-    )
-
-
-def _steps_per_execution(num_rows: int, batch_size: int) -> int:
-    """Steps per compiled call: `_STEPS_PER_EXECUTION`, at most one epoch's steps."""
-    steps = -(-num_rows // batch_size)
-    return max(1, min(_STEPS_PER_EXECUTION, steps))
-
-
-def _compiled_loop_applies(objective: str) -> bool:
-    """Sampled softmax on TensorFlow runs `SampledSoftmaxLoop`; the rest runs Keras' fit."""
-    return objective == "sampled_softmax" and keras.backend.backend() == "tensorflow"
-
-
-def _fit_compiled(
-    train: Interactions, settings: TrainSettings, parts: RecommenderParts, epochs: _EpochLog
-) -> None:
-    loop = SampledSoftmaxLoop(
-        parts.embedding,
-        parts.similarity,
-        train.item_counts(),
-        LoopSettings(settings.learning_rate, settings.temperature, settings.logq_weight),
-    )
-    shuffle = np.random.default_rng(settings.seed)
-
-    def cut(order: np.ndarray) -> EpochBatches:
-        return epoch_batches(train.users, train.items, settings.batch_size, order)
-
-    # The next epoch's batches are cut on the host while this one trains: the compiled
-    # steps keep one core busy, the other would idle.
-    with ThreadPoolExecutor(max_workers=1) as host:
-        upcoming = host.submit(cut, shuffle.permutation(len(train)))
-        for epoch in range(settings.epochs):
-            epochs.begin()
-            batches = upcoming.result()
-            if epoch + 1 < settings.epochs:
-                upcoming = host.submit(cut, shuffle.permutation(len(train)))
-            epochs.end(loop.run_epoch(batches))
-
-
-def _fit_keras(
-    train: Interactions,
-    settings: TrainSettings,
-    parts: RecommenderParts,
-    objective: str,
-    epochs: _EpochLog,
-) -> None:
-    trainer = ObjectiveModel(
-        parts.embedding,
-        parts.similarity,
-        objective,
-        item_counts=train.item_counts(),
-        temperature=settings.temperature,
-        logq_weight=settings.logq_weight,
-        num_negatives=settings.num_negatives,
-        seed=settings.seed,
-    )
-    trainer.compile(
-        optimizer=LazyAdam(settings.learning_rate),
-        jit_compile=_JIT,
-        steps_per_execution=_steps_per_execution(len(train), settings.batch_size),
-    )
-    trainer.fit(
-        {"user": train.users, "item": train.items},
-        batch_size=settings.batch_size,
-        epochs=settings.epochs,
-        shuffle=True,
-        verbose=0,
-        callbacks=[_KerasEpochs(epochs)],
     )
 
 
@@ -446,40 +364,3 @@ class _ValidationTracker:
 
     def evaluate(self) -> None:
         self.metrics.append(evaluate_ranking(self._scorer, self._split, self._k))
-
-
-@dataclass
-class _EpochLog:
-    """Per-epoch loss, time, validation and progress line, whichever loop trains."""
-
-    tracker: _ValidationTracker | None
-    verbose: int
-    total: int
-    loss: list[float] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    _start: float = 0.0
-
-    def begin(self) -> None:
-        self._start = time.perf_counter()
-
-    def end(self, loss: float) -> None:
-        self.seconds.append(time.perf_counter() - self._start)
-        self.loss.append(float(loss))
-        if self.tracker is not None:
-            self.tracker.evaluate()
-        _say(
-            self.verbose,
-            f"Epoch {len(self.loss)}/{self.total} - {self.seconds[-1]:.1f}s - loss: {loss:.4f}",
-        )
-
-
-class _KerasEpochs(keras.callbacks.Callback):
-    def __init__(self, log: _EpochLog) -> None:
-        super().__init__()
-        self._log = log
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._log.begin()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self._log.end(float((logs or {}).get("loss", float("nan"))))
