@@ -1,9 +1,7 @@
 """A real nginx in front of Triton replicas: gRPC (HTTP/2, ``grpc_pass``) and HTTP.
 
-`NginxBalancer` writes an ``nginx.conf`` into a temp folder, runs
-``nginx -c CONF -p PREFIX -g 'daemon off;'`` as a plain child process (own pid file,
-error log and temp paths under the folder, free loopback ports), waits until both ports
-accept connections and always stops it. Upstreams use ``max_fails``/``fail_timeout`` and
+`NginxBalancer` runs the product's `export.gateway.nginx.NginxProcess` on free loopback
+ports with the replicas as upstreams (and can drain / undrain one). Upstreams use ``max_fails``/``fail_timeout`` and
 ``grpc_next_upstream``/``proxy_next_upstream``: a request that cannot reach a replica
 (connection refused) is passed to the next one. Requests already sent to a replica that
 dies are not retried (inference is a POST: nginx retries non-idempotent requests only
@@ -20,37 +18,27 @@ Example::
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
-INSTALL_HINT = "apt-get install -y nginx-light"
-_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+from export.errors import UserError
+from export.gateway import nginx as product_nginx
+from export.gateway.nginx import INSTALL_HINT, NginxProcess, NginxSite, find_nginx
 
-
-def find_nginx() -> str | None:
-    """The nginx binary (PATH, then the Debian location), or None."""
-    found = shutil.which("nginx")
-    return found or next((p for p in _CANDIDATES if os.access(p, os.X_OK)), None)
+__all__ = ["INSTALL_HINT", "NginxBalancer", "find_nginx", "nginx_config", "require_nginx"]
 
 
 def require_nginx() -> str:
     """The nginx binary; fails the calling test (not a skip) when nginx is missing."""
     import pytest
 
-    binary = find_nginx()
-    if binary is None:
-        pytest.fail(f"nginx is not installed: run `{INSTALL_HINT}` (Debian/Ubuntu)",
-                    pytrace=False)
-    return binary
+    try:
+        return product_nginx.require_nginx()
+    except UserError as error:
+        pytest.fail(str(error), pytrace=False)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -64,56 +52,21 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _upstream(name: str, servers: Sequence[str], fail_timeout_s: int,
-              down: frozenset[int] = frozenset()) -> str:
-    lines = [f"server {s} max_fails=1 fail_timeout={fail_timeout_s}s"
-             f"{' down' if i in down else ''};" for i, s in enumerate(servers)]
-    return f"upstream {name} {{\n  " + "\n  ".join(lines) + "\n  keepalive 32;\n}\n"
-
-
-def nginx_config(prefix: Path, grpc: Sequence[str], http: Sequence[str], grpc_port: int,
+def nginx_config(prefix: Any, grpc: Sequence[str], http: Sequence[str], grpc_port: int,
                  http_port: int, *, fail_timeout_s: int = 2, workers: int = 1,
                  down: frozenset[int] = frozenset()) -> str:
-    """The nginx.conf text (nginx 1.22: ``listen PORT http2`` for gRPC).
+    """The balancer's nginx.conf text (the product's `nginx_config` of its site).
 
     Example:
+        >>> from pathlib import Path
         >>> text = nginx_config(Path("/t"), ["127.0.0.1:1"], ["127.0.0.1:2"], 81, 82)
         >>> "grpc_pass grpc://triton_grpc;" in text, "listen 127.0.0.1:81 http2;" in text
         (True, True)
     """
-    temps = "\n".join(f"  {kind}_temp_path {prefix}/tmp/{kind};"
-                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return f"""worker_processes {workers};
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-{temps}
-{_upstream("triton_grpc", grpc, fail_timeout_s, down)}
-{_upstream("triton_http", http, fail_timeout_s, down)}
-  server {{
-    listen 127.0.0.1:{grpc_port} http2;
-    location / {{
-      grpc_pass grpc://triton_grpc;
-      grpc_next_upstream error timeout http_502 http_503;
-      grpc_next_upstream_tries 3;
-      grpc_connect_timeout 1s;
-    }}
-  }}
-  server {{
-    listen 127.0.0.1:{http_port};
-    location / {{
-      proxy_pass http://triton_http;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_next_upstream error timeout http_502 http_503;
-      proxy_next_upstream_tries 3;
-      proxy_connect_timeout 1s;
-    }}
-  }}
-}}
-"""
+    return product_nginx.nginx_config(prefix, NginxSite(
+        grpc=grpc, http=http, grpc_listen=f"127.0.0.1:{grpc_port}",
+        http_listen=f"127.0.0.1:{http_port}", fail_timeout_s=fail_timeout_s,
+        workers=workers, down=down))
 
 
 class NginxBalancer:
@@ -125,10 +78,8 @@ class NginxBalancer:
         self.grpc_servers, self.http_servers = list(grpc), list(http or grpc)
         self.workers, self.startup_timeout = workers, startup_timeout
         self.grpc_port, self.http_port = _free_ports(2)
-        self._folder: tempfile.TemporaryDirectory[str] | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
         self.down: set[int] = set()
+        self._nginx: NginxProcess | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -140,52 +91,19 @@ class NginxBalancer:
         """``host:port`` for tritonclient.http through nginx."""
         return f"127.0.0.1:{self.http_port}"
 
-    @property
-    def prefix(self) -> Path:
-        assert self._folder is not None, "not started"
-        return Path(self._folder.name)
+    def _site(self) -> NginxSite:
+        return NginxSite(grpc=self.grpc_servers, http=self.http_servers,
+                         grpc_listen=self.grpc_url, http_listen=self.http_url,
+                         workers=self.workers, down=frozenset(self.down))
 
     def error_log(self) -> str:
         """nginx's error log so far."""
-        path = self.prefix / "error.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self._nginx.error_log() if self._nginx is not None else ""
 
     def start(self) -> None:
         """Writes the config, starts nginx and waits until both ports accept connections."""
-        self._folder = tempfile.TemporaryDirectory(prefix="kmr-nginx-")
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (self.prefix / "tmp" / kind).mkdir(parents=True)
-            (self.prefix / "tmp" / kind).chmod(0o777)  # workers may run as nobody
-        conf = self.prefix / "nginx.conf"
-        self._stderr = open(self.prefix / "stderr.log", "wb")  # noqa: SIM115  (stop closes)
-        self._write_config()
-        self._process = subprocess.Popen(
-            [self.binary, "-c", str(conf), "-p", str(self.prefix), "-g", "daemon off;"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=self._stderr, start_new_session=True)
-        self._wait_ready()
-
-    def _write_config(self) -> None:
-        (self.prefix / "nginx.conf").write_text(nginx_config(
-            self.prefix, self.grpc_servers, self.http_servers, self.grpc_port, self.http_port,
-            workers=self.workers, down=frozenset(self.down)))
-
-    def _workers(self) -> set[int]:
-        assert self._process is not None
-        path = Path(f"/proc/{self._process.pid}/task/{self._process.pid}/children")
-        return {int(pid) for pid in path.read_text().split()}
-
-    def _reload(self, timeout: float = 5.0) -> None:
-        """Rewrites the config and reloads (SIGHUP); returns once new workers run."""
-        assert self._process is not None and self._process.poll() is None, "nginx not running"
-        old = self._workers()
-        self._write_config()
-        self._process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + timeout
-        while not self._workers() - old:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nginx did not reload: {self.error_log()}")
-            time.sleep(0.02)
+        self._nginx = NginxProcess(self._site(), startup_timeout=self.startup_timeout)
+        self._nginx.start()
 
     def _index(self, grpc_url: str) -> int:
         return self.grpc_servers.index(grpc_url)
@@ -193,52 +111,20 @@ class NginxBalancer:
     def drain(self, grpc_url: str) -> None:
         """Marks the replica ``down`` (gRPC and HTTP): new requests go to the others."""
         self.down.add(self._index(grpc_url))
-        self._reload()
+        assert self._nginx is not None, "not started"
+        self._nginx.reload(self._site())
 
     def undrain(self, grpc_url: str) -> None:
         """Puts a drained replica back into both upstreams."""
         self.down.discard(self._index(grpc_url))
-        self._reload()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        pending = {self.grpc_port, self.http_port}
-        while pending:
-            if self._process is not None and self._process.poll() is not None:
-                stderr = (self.prefix / "stderr.log").read_text(errors="replace")
-                raise RuntimeError(f"nginx exited with {self._process.returncode}: "
-                                   f"{stderr}{self.error_log()}")
-            for port in list(pending):
-                with socket.socket() as sock:
-                    sock.settimeout(0.2)
-                    if sock.connect_ex(("127.0.0.1", port)) == 0:
-                        pending.discard(port)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nginx not listening after {self.startup_timeout} s: "
-                                   f"{self.error_log()}")
-            time.sleep(0.05)
+        assert self._nginx is not None, "not started"
+        self._nginx.reload(self._site())
 
     def stop(self) -> None:
-        """Stops nginx (SIGQUIT, then SIGKILL of its process group) and removes the folder."""
-        process, self._process = self._process, None
-        if process is not None:
-            if process.poll() is None:
-                process.send_signal(signal.SIGQUIT)
-                try:
-                    process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            process.wait(timeout=5)
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-        if self._folder is not None:
-            self._folder.cleanup()
-            self._folder = None
+        """Stops nginx and removes its folder."""
+        if self._nginx is not None:
+            self._nginx.stop()
+            self._nginx = None
 
     def __enter__(self) -> NginxBalancer:
         try:
