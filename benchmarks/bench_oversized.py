@@ -16,9 +16,15 @@ max_batch_size), 1 x HTTP/JSON body with the same element count, and 2 x the leg
 Good traffic runs in a spawned child process so the burst's client-side serialization
 does not hold its GIL (it still shares the machine's cores).
 
+The ``gateway`` variant puts `export.gateway`'s nginx (what ``kmr-export serve --gateway``
+runs) in front, sized from the repository's bounds; the burst and the good traffic both
+go through it.
+
 Usage:
     .venv/bin/python benchmarks/bench_oversized.py                 # every variant
     .venv/bin/python benchmarks/bench_oversized.py --variants default shm-64MB
+    .venv/bin/python benchmarks/bench_oversized.py --variants default gateway \
+        --out oversized_gateway
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ class Variant:
     fixed_dims: int | None = None
     ort_arena_off: bool = False
     reload: bool = False
+    gateway: bool = False
     note: str = ""
 
 
@@ -92,6 +99,9 @@ VARIANTS = [
     Variant("malloc-env+arena-off+reload", env=MALLOC_ENV, ort_arena_off=True, reload=True),
     Variant("malloc-env+arena-off+pool-1", ["--grpc-infer-allocation-pool-size=1"],
             env=MALLOC_ENV, ort_arena_off=True),
+    Variant("gateway", gateway=True,
+            note="kmr-export serve --gateway: nginx sized from the export's bounds in "
+            "front; burst and good traffic go through it"),
 ]
 
 
@@ -342,9 +352,43 @@ def served(repo: Path, variant: Variant) -> Iterator[Any]:
                 os.environ[key] = value
     try:
         server.wait_until_ready()
-        yield server
+        if not variant.gateway:
+            yield server
+        else:
+            with _gateway(repo, server) as fronted:
+                yield fronted
     finally:
         server.stop()
+
+
+class _Fronted:
+    """The server as seen through the gateway: its urls are nginx's, the rest is Triton's."""
+
+    def __init__(self, server: Any, grpc_url: str, http_url: str) -> None:
+        self._server, self.grpc_url, self.http_url = server, grpc_url, http_url
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+@contextlib.contextmanager
+def _gateway(repo: Path, server: Any) -> Iterator[_Fronted]:
+    """`export.gateway`'s nginx in front of ``server`` on two free loopback ports."""
+    import socket
+
+    from export.gateway.limits import repository_request_limits
+    from export.gateway.nginx import NginxProcess, NginxSite
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    site = NginxSite(grpc=[server.grpc_url], http=[server.http_url],
+                     grpc_listen=f"127.0.0.1:{ports[0]}", http_listen=f"127.0.0.1:{ports[1]}",
+                     limits=repository_request_limits(repo))
+    with NginxProcess(site):
+        yield _Fronted(server, site.grpc_listen, site.http_listen)
 
 
 def reload_model(server: Any) -> dict[str, Any]:
@@ -451,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--bursts", type=int, default=2)
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out", default=NAME, help="results file name (without .json/.md)")
     args = parser.parse_args(argv)
     chosen = [v for v in VARIANTS if args.variants is None or v.name in args.variants]
     start = machine_info()
@@ -469,8 +514,8 @@ def main(argv: list[str] | None = None) -> int:
                     table(results), errors_section(results)])
     args.results_dir.mkdir(parents=True, exist_ok=True)
     payload = {"machine": start, "loadavg_end": end_load, "results": results}
-    (args.results_dir / f"{NAME}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.results_dir / f"{NAME}.md").write_text(md + "\n")
+    (args.results_dir / f"{args.out}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (args.results_dir / f"{args.out}.md").write_text(md + "\n")
     print(md)
     return 0
 

@@ -11,8 +11,9 @@ passed to the next one. Requests already sent to a replica that dies are not ret
 (inference is a POST: nginx retries non-idempotent requests only with
 ``non_idempotent``).
 
-With limits, a body over ``client_max_body_size`` is refused by nginx (HTTP 413; gRPC
-callers see the 413 as an error status) before any byte reaches Triton.
+With limits, a body over ``client_max_body_size`` is refused by nginx before any byte
+reaches Triton: gRPC callers get status RESOURCE_EXHAUSTED, HTTP callers 413 with a JSON
+``{"error": ...}``; both name the limit.
 
 nginx comes from Debian packages: ``apt-get install -y nginx-light`` (`INSTALL_HINT`).
 
@@ -98,10 +99,29 @@ def _upstream(name: str, servers: Sequence[str], fail_timeout_s: int,
     return f"upstream {name} {{\n  " + "\n  ".join(lines) + "\n  keepalive 32;\n}\n"
 
 
-def _body_limit(limit: int | None) -> str:
+def _body_limit(limit: int | None, grpc: bool) -> str:
+    """The server block's limit and the error a refused body gets: a gRPC status
+    (RESOURCE_EXHAUSTED, a trailers-only answer) or a JSON body, naming the limit."""
     if limit is None:
         return ""
-    return f"    client_max_body_size {limit};\n    client_body_buffer_size {_BODY_BUFFER};\n"
+    text = (f"request body over {limit} bytes, the largest legal request of the served "
+            "models (kmr gateway)")
+    if grpc:
+        refusal = f"""    location @too_large {{
+      default_type application/grpc;
+      add_header grpc-status 8 always;
+      add_header grpc-message "{text}" always;
+      return 204;
+    }}
+"""
+    else:
+        refusal = f"""    location @too_large {{
+      default_type application/json;
+      return 413 '{{"error":"{text}"}}';
+    }}
+"""
+    return (f"    client_max_body_size {limit};\n    client_body_buffer_size {_BODY_BUFFER};\n"
+            f"    error_page 413 = @too_large;\n{refusal}")
 
 
 def nginx_config(prefix: Path, site: NginxSite) -> str:
@@ -119,7 +139,7 @@ http {{
 {_upstream("triton_http", site.http, site.fail_timeout_s, site.down)}
   server {{
     listen {site.grpc_listen} http2;
-{_body_limit(limits.grpc_bytes if limits else None)}    location / {{
+{_body_limit(limits.grpc_bytes if limits else None, True)}    location / {{
       grpc_pass grpc://triton_grpc;
       grpc_next_upstream error timeout http_502 http_503;
       grpc_next_upstream_tries 3;
@@ -128,7 +148,7 @@ http {{
   }}
   server {{
     listen {site.http_listen};
-{_body_limit(limits.http_bytes if limits else None)}    location / {{
+{_body_limit(limits.http_bytes if limits else None, False)}    location / {{
       proxy_pass http://triton_http;
       proxy_http_version 1.1;
       proxy_set_header Connection "";

@@ -163,10 +163,13 @@ def test_gateway_refuses_before_triton_when_request_is_oversized(gateway) -> Non
         with grpcclient.InferenceServerClient(gateway["grpc"]) as client, \
                 pytest.raises(InferenceServerException) as refused:
             client.infer(name, _rerank_inputs(users, items))
-        assert "413" in str(refused.value) or "Request Entity Too Large" in str(refused.value)
-        status, _ = _post(f"http://{gateway['http']}/v2/models/{name}/infer",
-                          _json_body(users, items))
-        assert status in (413, -1)  # nginx answers 413 (or closes while the body streams)
+        limits = repository_request_limits(gateway["repo"])
+        assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert f"request body over {limits.grpc_bytes} bytes" in refused.value.message()
+        status, answer = _post(f"http://{gateway['http']}/v2/models/{name}/infer",
+                               _json_body(users, items))
+        assert status == 413, answer[:300]
+        assert f"request body over {limits.http_bytes} bytes" in json.loads(answer)["error"]
     time.sleep(1.0)
     after = _family_rss_kb(gateway["pid"])
     good.set()
