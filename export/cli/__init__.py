@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("export.cli.tune", "search training settings on a validation split"),
     "export": ("export.cli.export", "export a trained model into a Triton repository"),
     "serve": ("export.cli.serve", "run the local tritonserver on a model repository"),
+    "limits": ("export.cli.limits", "print a repository's request body limits (gateways)"),
     "query": ("client.cli", "ask a served model for recommendations"),
     "demo": ("export.cli.demo", "the main job: train, export, serve, query, print"),
     "deploy": ("export.cli.deploy", "write Kubernetes manifests for a published repository"),

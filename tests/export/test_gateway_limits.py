@@ -60,3 +60,26 @@ def test_nginx_config_puts_each_limit_on_its_protocol_when_limits_given():
     assert "client_max_body_size 222222;" in http_block
     assert "client_max_body_size" not in nginx_config(Path("/p"), NginxSite(
         grpc=["a:1"], http=["a:2"], grpc_listen="a:3", http_listen="a:4"))
+
+
+def test_limits_cli_prints_json_and_directives_when_repository_has_models(tmp_path, capsys):
+    import json
+
+    from export.cli import main
+
+    config = build_model_config(name="a", graph_kind="rerank", id_kind="int", k=5,
+                                max_batch_size=2, max_candidates=10)
+    (tmp_path / "a").mkdir()
+    write_model_config(tmp_path / "a", config)
+    assert main(["limits", "--repo", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    expected = model_request_limits(config)
+    assert json.loads(out[0])["grpc_bytes"] == expected.grpc_bytes
+    assert f"client_max_body_size {expected.http_bytes};" in out[2]
+
+
+def test_limits_cli_exits_one_naming_repository_when_it_is_empty(tmp_path, capsys):
+    from export.cli import main
+
+    assert main(["limits", "--repo", str(tmp_path)]) == 1
+    assert str(tmp_path) in capsys.readouterr().err

@@ -1,11 +1,12 @@
 """A real nginx in front of Triton replicas: gRPC (HTTP/2, ``grpc_pass``) and HTTP.
 
 `NginxBalancer` runs the product's `export.gateway.nginx.NginxProcess` on free loopback
-ports with the replicas as upstreams (and can drain / undrain one). Upstreams use ``max_fails``/``fail_timeout`` and
-``grpc_next_upstream``/``proxy_next_upstream``: a request that cannot reach a replica
-(connection refused) is passed to the next one. Requests already sent to a replica that
-dies are not retried (inference is a POST: nginx retries non-idempotent requests only
-with ``non_idempotent``), so those fail and are what the kill test counts.
+ports with the replicas as upstreams (and can drain / undrain one). Upstreams use
+``max_fails``/``fail_timeout`` and ``grpc_next_upstream``/``proxy_next_upstream``: a
+request that cannot reach a replica (connection refused) is passed to the next one.
+Requests already sent to a replica that dies are not retried (inference is a POST: nginx
+retries non-idempotent requests only with ``non_idempotent``), so those fail and are
+what the kill test counts.
 
 nginx comes from Debian packages: ``apt-get install -y nginx-light``. Missing, the
 `require_nginx` helper FAILS the test (never skips) with that command.
