@@ -24,7 +24,7 @@ Usage:
     .venv/bin/python benchmarks/bench_oversized.py                 # every variant
     .venv/bin/python benchmarks/bench_oversized.py --variants default shm-64MB
     .venv/bin/python benchmarks/bench_oversized.py --variants default gateway \
-        --out oversized_gateway
+        gateway-oversized-only --out oversized_gateway
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class Variant:
     ort_arena_off: bool = False
     reload: bool = False
     gateway: bool = False
+    legal_in_burst: bool = True
     note: str = ""
 
 
@@ -99,6 +100,8 @@ VARIANTS = [
     Variant("malloc-env+arena-off+reload", env=MALLOC_ENV, ort_arena_off=True, reload=True),
     Variant("malloc-env+arena-off+pool-1", ["--grpc-infer-allocation-pool-size=1"],
             env=MALLOC_ENV, ort_arena_off=True),
+    Variant("gateway-oversized-only", gateway=True, legal_in_burst=False,
+            note="the same without the legal 64 x 10,000 reranks in the burst"),
     Variant("gateway", gateway=True,
             note="kmr-export serve --gateway: nginx sized from the export's bounds in "
             "front; burst and good traffic go through it"),
@@ -299,7 +302,8 @@ def post_json(http_url: str, body: bytes) -> None:
         conn.close()
 
 
-def burst_calls(server: Any, rows: int) -> list[tuple[str, Callable[[], Any]]]:
+def burst_calls(server: Any, rows: int, legal_too: bool = True,
+                ) -> list[tuple[str, Callable[[], Any]]]:
     """The oversized burst (see module docstring) as (label, call) pairs."""
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
@@ -327,8 +331,7 @@ def burst_calls(server: Any, rows: int) -> list[tuple[str, Callable[[], Any]]]:
             (f"http-binary {label}", http_binary),
             (f"http-json {label} ({len(body) / MB:.0f} MB body)", lambda: post_json(
                 server.http_url, body)),
-            ("grpc legal 64x10000", grpc(legal_users, legal)),
-            ("grpc legal 64x10000", grpc(legal_users, legal))]
+            *([("grpc legal 64x10000", grpc(legal_users, legal))] * (2 if legal_too else 0))]
 
 
 # -- one variant -------------------------------------------------------------------
@@ -405,7 +408,7 @@ def reload_model(server: Any) -> dict[str, Any]:
 def run_bursts(server: Any, good: GoodTraffic, variant: Variant,
                bursts: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
     """``bursts`` rounds of the oversized burst; (outcomes, snapshot per round, seconds)."""
-    calls = burst_calls(server, min(64, variant.max_batch_size))
+    calls = burst_calls(server, min(64, variant.max_batch_size), variant.legal_in_burst)
     outcomes, snaps = [], []
     good.set_phase("during")
     start = time.perf_counter()
