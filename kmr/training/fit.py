@@ -37,7 +37,7 @@ from kmr.training.evaluation import (
     holdout_split,
     popularity_scorer,
 )
-from kmr.training.loops import EpochLog, compiled_loop_applies, fit_compiled, fit_keras
+from kmr.training.loops import EpochLog, fit_compiled, fit_keras, use_compiled_loop
 from kmr.training.objectives import pairwise_scores
 from kmr.training.settings import TrainSettings
 
@@ -205,6 +205,7 @@ def fit_recommender(
         raise ValueError("No training positives.")
     keras.utils.set_random_seed(settings.seed)
     objective = settings.resolved_objective(train.num_items)
+    compiled = use_compiled_loop(objective, compiled_loop)
     model = build_recommender(
         train.num_users,
         train.num_items,
@@ -215,21 +216,9 @@ def fit_recommender(
     )
     parts = recommender_parts(model)
     tracker = None if validation is None else _ValidationTracker(model, validation, settings.k)
-    epochs = EpochLog(
-        tracker=tracker,
-        verbose=verbose,
-        total=settings.epochs,
-    )
+    epochs = EpochLog(tracker=tracker, verbose=verbose, total=settings.epochs)
     start = time.perf_counter()
-    if compiled_loop is None:
-        compiled_loop = compiled_loop_applies(objective)
-    elif compiled_loop and not compiled_loop_applies(objective):
-        raise ValueError(
-            "Invalid value received for argument `compiled_loop`: the compiled loop "
-            "trains objective='sampled_softmax' on the TensorFlow backend only. Received: "
-            f"objective={objective!r}, backend={keras.backend.backend()!r}"
-        )
-    if compiled_loop:
+    if compiled:
         fit_compiled(train, settings, parts, epochs)
     else:
         fit_keras(train, settings, parts, objective, epochs)

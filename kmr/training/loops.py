@@ -59,6 +59,27 @@ def compiled_loop_applies(objective: str) -> bool:
     return objective == "sampled_softmax" and keras.backend.backend() == "tensorflow"
 
 
+def use_compiled_loop(objective: str, asked: bool | None) -> bool:
+    """Whether to train with the compiled loop: ``asked`` (None: wherever it applies).
+
+    Raises:
+        ValueError: The compiled loop was asked for where it does not apply.
+
+    Example:
+        >>> use_compiled_loop("bpr", None), use_compiled_loop("sampled_softmax", False)
+        (False, False)
+    """
+    if asked is None:
+        return compiled_loop_applies(objective)
+    if asked and not compiled_loop_applies(objective):
+        raise ValueError(
+            "Invalid value received for argument `compiled_loop`: the compiled loop "
+            "trains objective='sampled_softmax' on the TensorFlow backend only. Received: "
+            f"objective={objective!r}, backend={keras.backend.backend()!r}"
+        )
+    return bool(asked)
+
+
 def fit_compiled(
     train: Interactions, settings: TrainSettings, parts: RecommenderParts, epochs: EpochLog
 ) -> None:

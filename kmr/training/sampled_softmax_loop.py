@@ -179,15 +179,15 @@ class SampledSoftmaxLoop:
         run = _compiled_steps()
         total, rows = 0.0, 0.0
         for start in range(0, batches.steps, STEPS_PER_CALL):
-            chunk = [
+            chunk = _Batch(*(
                 _pad_steps(part[start : start + STEPS_PER_CALL])
                 for part in (
                     batches.users, batches.items, batches.user_first, batches.item_first,
                     batches.valid,
                 )
-            ]
+            ))
             steps = min(STEPS_PER_CALL, batches.steps - start)
-            total += float(run(self._state, self._normalization, *chunk,
+            total += float(run(self._state, self._normalization, chunk,
                                tf.constant(steps, tf.int32)))
             rows += float(batches.valid[start : start + steps].sum())
         return total / max(rows, 1.0)
@@ -220,14 +220,13 @@ def _compiled_steps() -> Any:
     return _COMPILED[0]
 
 
-def _steps(state: _LoopState, normalization: str, users: Any, items: Any, user_first: Any,
-           item_first: Any, valid: Any, steps: Any) -> Any:
+def _steps(state: _LoopState, normalization: str, chunk: _Batch, steps: Any) -> Any:
+    """The first ``steps`` batches of ``chunk`` (each field ``(STEPS_PER_CALL, B)``)."""
     import tensorflow as tf
 
     total = tf.constant(0.0)
     for s in tf.range(steps):
-        batch = _Batch(users[s], items[s], user_first[s], item_first[s], valid[s])
-        total += _step(tf, state, normalization, batch)
+        total += _step(tf, state, normalization, _Batch(*(part[s] for part in chunk)))
     return total
 
 
@@ -250,9 +249,9 @@ def _step(tf: Any, state: _LoopState, normalization: str, batch: _Batch) -> Any:
     state.iterations.assign_add(1)
     step = tf.cast(state.iterations, tf.float32)
     alpha = state.hyper[0] * tf.sqrt(1.0 - tf.pow(_BETA_2, step)) / (1.0 - tf.pow(_BETA_1, step))
-    _lazy_adam_rows(tf, state.users, state.user_moments, batch.users, batch.user_first,
+    _lazy_adam_rows(state.users, state.user_moments, batch.users, batch.user_first,
                     user_grad, alpha)
-    _lazy_adam_rows(tf, state.items, state.item_moments, batch.items, batch.item_first,
+    _lazy_adam_rows(state.items, state.item_moments, batch.items, batch.item_first,
                     item_grad, alpha)
     return loss_sum
 
@@ -290,9 +289,11 @@ def _similarity(normalization: str) -> NormalizedDotProductSimilarity:
     return _SIMILARITIES[normalization]
 
 
-def _lazy_adam_rows(tf: Any, table: Any, moments: Any, ids: Any, first: Any, grad: Any,
+def _lazy_adam_rows(table: Any, moments: Any, ids: Any, first: Any, grad: Any,
                     alpha: Any) -> None:
     """LazyAdam on the rows ``ids`` of ``table``; each distinct row updated once."""
+    import tensorflow as tf
+
     dim = grad.shape[-1]
     # Every copy of a row gets the row's summed gradient, so every copy computes the same
     # moments (writing them twice is harmless); only the first copy moves the weights.

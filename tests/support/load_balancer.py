@@ -29,7 +29,7 @@ from export.errors import UserError
 from export.gateway import nginx as product_nginx
 from export.gateway.nginx import INSTALL_HINT, NginxProcess, NginxSite, find_nginx
 
-__all__ = ["INSTALL_HINT", "NginxBalancer", "find_nginx", "nginx_config", "require_nginx"]
+__all__ = ["INSTALL_HINT", "NginxBalancer", "find_nginx", "require_nginx"]
 
 
 def require_nginx() -> str:
@@ -51,23 +51,6 @@ def _free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
-
-
-def nginx_config(prefix: Any, grpc: Sequence[str], http: Sequence[str], grpc_port: int,
-                 http_port: int, *, fail_timeout_s: int = 2, workers: int = 1,
-                 down: frozenset[int] = frozenset()) -> str:
-    """The balancer's nginx.conf text (the product's `nginx_config` of its site).
-
-    Example:
-        >>> from pathlib import Path
-        >>> text = nginx_config(Path("/t"), ["127.0.0.1:1"], ["127.0.0.1:2"], 81, 82)
-        >>> "grpc_pass grpc://triton_grpc;" in text, "listen 127.0.0.1:81 http2;" in text
-        (True, True)
-    """
-    return product_nginx.nginx_config(prefix, NginxSite(
-        grpc=grpc, http=http, grpc_listen=f"127.0.0.1:{grpc_port}",
-        http_listen=f"127.0.0.1:{http_port}", fail_timeout_s=fail_timeout_s,
-        workers=workers, down=down))
 
 
 class NginxBalancer:
