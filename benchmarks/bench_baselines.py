@@ -93,7 +93,7 @@ def main() -> int:
     if len(args.seeds) > 1:
         name = f"ours, mean of {len(args.seeds)} seeds"
         per_user[name] = seed_mean([per_user[n] for n in list(per_user)[-len(args.seeds):]])
-        rows[name] = {"seconds": float(np.mean([rows[n]["seconds"] for n in list(rows)])),
+        rows[name] = {"seconds": round(float(np.mean([rows[n]["seconds"] for n in rows])), 2),
                       "params": "defaults"}
     for name, grid in GRIDS.items():
         best, tuning = _tune(FITTERS[name], grid, validation)
