@@ -3,9 +3,12 @@
 A thin wrapper over `kmr.data.files.load_interactions` / `kmr.data.synthetic.make_synthetic`
 and `kmr.training.fit.train_recommender`.
 
-After the holdout evaluation the saved model is fit again on all rows (the held-out
-latest positives included) with the same settings and epochs; ``--no-refit`` saves the
-evaluated holdout model instead. ``metrics.json`` says which numbers come from which fit.
+The epoch count is chosen first, by early stopping on a validation split carved from the
+training part (each user's latest training positive; ``--patience 0`` trains exactly
+``--epochs``). After the holdout evaluation the saved model is fit again on all rows
+(the held-out latest positives included) with the same settings and epoch count;
+``--no-refit`` saves the evaluated holdout model instead. ``metrics.json`` says which
+numbers come from which fit, and what the epoch choice saw (``epoch_choice``).
 
 Example:
     $ kmr-export train --out artifacts --epochs 5
@@ -60,7 +63,11 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--settings", default=None, metavar="JSON",
                        help="start from the settings `kmr-export tune` wrote (flags given "
                        "here still override them)")
-    model.add_argument("--epochs", type=int, help=f"default {d.epochs}")
+    model.add_argument("--epochs", type=int, help=f"most epochs (default {d.epochs}); the "
+                       "count is chosen on a validation split unless --patience 0")
+    model.add_argument("--patience", type=int, help="early stopping: epochs without a "
+                       "better validation score before the epoch-count search stops; 0 "
+                       f"trains exactly --epochs (default {d.patience})")
     model.add_argument("--dim", type=int, dest="embedding_dim",
                        help=f"embedding width D (default {d.embedding_dim})")
     model.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
@@ -105,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
 # ``args`` are left at their defaults, so `demo`, which has only some flags, shares this).
 _FLAGS = {
     "epochs": "--epochs",
+    "patience": "--patience",
     "embedding_dim": "--dim",
     "batch_size": "--batch-size",
     "learning_rate": "--lr",
@@ -125,7 +133,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
             continue
         if name in ("epochs", "embedding_dim", "batch_size", "k"):
             ok, expected = value >= 1, ">= 1"
-        elif name == "l2_reg":
+        elif name in ("l2_reg", "patience"):
             ok, expected = value >= 0, ">= 0"
         else:
             ok, expected = value > 0, "> 0"

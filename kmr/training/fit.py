@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -28,6 +28,7 @@ import numpy as np
 from kmr.data.interactions import Interactions
 from kmr.models import build_recommender, recommender_parts
 from kmr.training.artifacts import check_output_dir, write_artifacts
+from kmr.training.early_stopping import best_epoch
 from kmr.training.evaluation import (
     HoldoutSplit,
     RankingMetrics,
@@ -55,7 +56,7 @@ class FitResult:
         epoch_seconds: Wall time of each epoch (the first includes the compilation;
             validation is not included).
         num_positives: Training rows the fit read per epoch.
-        epochs: Passes over them.
+        epochs: Passes over them (fewer than ``settings.epochs`` after an early stop).
     """
 
     model: keras.Model
@@ -142,6 +143,7 @@ class TrainResult:
             "saved_model": "final_fit" if self.refit else "holdout_fit",
             "holdout_fit": holdout.record(HOLDOUT_ROWS),
             "final_fit": self.fit.record(ALL_ROWS) if self.refit else None,
+            "epoch_choice": self.summary.get("epoch_choice"),
         }
 
 
@@ -183,7 +185,8 @@ def fit_recommender(
     Args:
         train: Training positives (their vocabularies size the tables).
         settings: Hyper-parameters (default: `TrainSettings()`).
-        validation: If given, ranking metrics on it are recorded after every epoch.
+        validation: If given, ranking metrics on it are recorded after every epoch, and
+            the fit stops early once they stall for ``settings.patience`` epochs.
         verbose: 0 silent, 1 one line per epoch with the loss.
         compiled_loop: Train with `SampledSoftmaxLoop` (sampled softmax on TensorFlow
             only), or with Keras' ``fit`` of `ObjectiveModel` + `LazyAdam` (every
@@ -216,7 +219,8 @@ def fit_recommender(
     )
     parts = recommender_parts(model)
     tracker = None if validation is None else _ValidationTracker(model, validation, settings.k)
-    epochs = EpochLog(tracker=tracker, verbose=verbose, total=settings.epochs)
+    epochs = EpochLog(tracker=tracker, verbose=verbose, total=settings.epochs,
+                      patience=settings.patience)
     start = time.perf_counter()
     if compiled:
         fit_compiled(train, settings, parts, epochs)
@@ -231,8 +235,78 @@ def fit_recommender(
         seconds=seconds,
         epoch_seconds=epochs.seconds,
         num_positives=len(train),
-        epochs=settings.epochs,
+        epochs=len(epochs.loss),
     )
+
+
+@dataclass(frozen=True)
+class EpochChoice:
+    """The epoch count `choose_epochs` picked, and what it was picked from.
+
+    Attributes:
+        epochs: The chosen count (1-based best epoch of the smoothed scores).
+        max_epochs: ``settings.epochs`` (the most the selection fit could run).
+        patience: ``settings.patience``.
+        scores: Validation score (mean of HR@k and NDCG@k) after each epoch run.
+        seconds: Wall time of the selection fit.
+    """
+
+    epochs: int
+    max_epochs: int
+    patience: int
+    scores: list[float]
+    seconds: float
+
+    def record(self) -> dict[str, object]:
+        """JSON-ready facts (the ``epoch_choice`` entry of the train summary)."""
+        return {"epochs": self.epochs, "max_epochs": self.max_epochs,
+                "patience": self.patience, "epochs_run": len(self.scores),
+                "validation_scores": [round(v, 5) for v in self.scores],
+                "seconds": round(self.seconds, 3)}
+
+
+def choose_epochs(train: Interactions, settings: TrainSettings, *,
+                  verbose: int = 0) -> EpochChoice | None:
+    """Chooses the epoch count on a validation split carved from ``train``.
+
+    Each user's latest positive of ``train`` is held out; a *selection fit* on the rest
+    records the validation score after every epoch and stops early
+    (`kmr.training.early_stopping`); the best epoch of the smoothed scores is the count.
+    Returns None (keep ``settings.epochs``) when ``settings.patience`` is 0 or no user
+    has a positive to hold out.
+
+    Example:
+        >>> from kmr.data.synthetic import make_synthetic
+        >>> data = make_synthetic(num_users=60, num_items=40, interactions_per_user=8)
+        >>> choice = choose_epochs(data, TrainSettings(epochs=4, embedding_dim=4))
+        >>> 1 <= choice.epochs <= len(choice.scores) <= 4
+        True
+    """
+    if settings.patience <= 0:
+        return None
+    validation = _at_most_users(holdout_split(train, seed=settings.seed), settings.seed)
+    if len(validation.test_users) == 0:
+        return None
+    _say(verbose, f"choosing the epoch count (at most {settings.epochs}, patience "
+         f"{settings.patience}) on {len(validation.test_users)} validation positives")
+    fit = fit_recommender(validation.train, settings, validation=validation, verbose=verbose)
+    scores = [(m.hit_rate + m.ndcg) / 2 for m in fit.validation]
+    return EpochChoice(best_epoch(scores), settings.epochs, settings.patience, scores,
+                       fit.seconds)
+
+
+# Per-epoch validation ranks the whole catalogue for each validation user: a sample
+# bounds its cost on large data (standard error of HR@10 near 0.1 at 10k users: ~0.003).
+MAX_VALIDATION_USERS = 10_000
+
+
+def _at_most_users(split: HoldoutSplit, seed: int) -> HoldoutSplit:
+    users = np.unique(split.test_users)
+    if len(users) <= MAX_VALIDATION_USERS:
+        return split
+    keep = np.random.default_rng(seed).choice(users, MAX_VALIDATION_USERS, replace=False)
+    mask = np.isin(split.test_users, keep)
+    return HoldoutSplit(split.train, split.test_users[mask], split.test_items[mask])
 
 
 def train_recommender(
@@ -282,6 +356,11 @@ def train_recommender(
     if out_dir is not None:
         check_output_dir(out_dir)  # fail before minutes of training, not after
     split = holdout_split(data, holdout_per_user, seed=settings.seed)
+    choice = choose_epochs(split.train, settings, verbose=verbose)
+    if choice is not None:
+        settings = replace(settings, epochs=choice.epochs, patience=0)
+        _say(verbose, f"chose {choice.epochs} epochs (validation scores: "
+             f"{', '.join(f'{v:.4f}' for v in choice.scores)})")
     _say(verbose, f"holdout fit on {len(split.train)} rows ({len(split.test_users)} held out)")
     holdout = fit_recommender(split.train, settings, verbose=verbose)
     metrics = {
@@ -298,7 +377,8 @@ def train_recommender(
         fit=final,
         metrics=metrics,
         settings=settings,
-        summary=_summary(data, split, holdout, final, holdout_per_user),
+        summary={**_summary(data, split, holdout, final, holdout_per_user),
+                 "epoch_choice": choice.record() if choice is not None else None},
         holdout_fit=holdout,
     )
     _say(verbose, _speed_line(result))

@@ -31,6 +31,7 @@ import numpy as np
 
 from kmr.data.interactions import Interactions
 from kmr.models import RecommenderParts
+from kmr.training.early_stopping import stalled
 from kmr.training.objectives import ObjectiveModel
 from kmr.training.optimizers import LazyAdam
 from kmr.training.sampled_softmax_loop import (
@@ -104,6 +105,8 @@ def fit_compiled(
             if epoch + 1 < settings.epochs:
                 upcoming = host.submit(cut, shuffle.permutation(len(train)))
             epochs.end(loop.run_epoch(batches))
+            if epochs.stop:
+                break
 
 
 def fit_keras(
@@ -142,15 +145,31 @@ def fit_keras(
 class EpochLog:
     """Per-epoch loss, time, validation and progress line, whichever loop trains.
 
-    ``tracker``: None, or an object whose ``evaluate()`` runs after each epoch.
+    ``tracker``: None, or an object whose ``evaluate()`` runs after each epoch and whose
+    ``metrics`` (`RankingMetrics` per epoch) give the validation `scores`. With a tracker
+    and ``patience > 0``, `stop` turns True once they stall
+    (`kmr.training.early_stopping.stalled`), and the loops stop there.
     """
 
     tracker: Any
     verbose: int
     total: int
+    patience: int = 0
     loss: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     _start: float = 0.0
+
+    @property
+    def scores(self) -> list[float]:
+        """Validation score per epoch: mean of HR@k and NDCG@k (empty without a tracker)."""
+        if self.tracker is None:
+            return []
+        return [(m.hit_rate + m.ndcg) / 2 for m in self.tracker.metrics]
+
+    @property
+    def stop(self) -> bool:
+        """Whether early stopping says to stop now."""
+        return self.tracker is not None and stalled(self.scores, self.patience)
 
     def begin(self) -> None:
         self._start = time.perf_counter()
@@ -175,3 +194,5 @@ class _KerasEpochs(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._log.end(float((logs or {}).get("loss", float("nan"))))
+        if self._log.stop:
+            self.model.stop_training = True

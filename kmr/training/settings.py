@@ -27,13 +27,18 @@ class TrainSettings:
     The defaults come from the validation-split grid of
     benchmarks/bench_tune_defaults.py (MovieLens latest-small, rating >= 4, LazyAdam
     loop): batch 256 / learning rate 0.002 / D 128 beat batch 128, learning rate 0.005
-    and D 64; temperatures 0.05-0.2 were within noise; with temperature 0.1 validation
-    HR@10 plateaus from epoch 11 to 19, and ``epochs`` sits mid-plateau (15) rather
-    than on its noisy peak.
+    and D 64; temperatures 0.05-0.2 were within noise. The best epoch count depends on
+    the data (MovieLens ratings >= 4: a plateau from epoch 11 to 20; every rating as a
+    positive: a peak at epoch 5, then overfitting), so `train` chooses it by early
+    stopping on a validation split, up to ``epochs``.
 
     Attributes:
         embedding_dim: Width D of the user and item tables.
-        epochs: Passes over the training positives.
+        epochs: Passes over the training positives; with ``patience > 0`` the most
+            that `train` runs: it chooses the count on a validation split
+            (`kmr.training.epoch_choice`).
+        patience: Early stopping: a fit with validation stops once its (smoothed)
+            validation score has not improved for this many epochs; 0 runs every epoch.
         batch_size: Positives per step.
         learning_rate: Adam step size.
         l2_reg: L2 on the embedding rows each batch looks up.
@@ -48,7 +53,8 @@ class TrainSettings:
     """
 
     embedding_dim: int = 128
-    epochs: int = 15
+    epochs: int = 30
+    patience: int = 3
     batch_size: int = 256
     learning_rate: float = 0.002
     l2_reg: float = 1e-3

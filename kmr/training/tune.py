@@ -2,11 +2,12 @@
 
 Each user's latest positive is held out of the data (by timestamp when there is one);
 every candidate setting is fit on the rest with per-epoch validation, so the number of
-epochs is chosen by early stopping on the validation HR@10 (the best epoch of each run),
-not fixed. Candidates run in a fixed order (the defaults first, then one change at a time
-along each axis) until the time budget is spent; the best one wins, with ties going to the
-earlier (closer to the defaults) candidate. No test data is touched: tune on a training
-file, then `train` with the chosen settings, which holds out its own test split.
+epochs is chosen by early stopping on the validation HR@10 and NDCG@10 (the best epoch of
+each run's smoothed scores), not fixed. Candidates run in a fixed order (the defaults
+first, then one change at a time along each axis) until the time budget is spent; the
+best one wins, with ties going to the earlier (closer to the defaults) candidate. No test
+data is touched: tune on a training file, then `train` with the chosen settings, which
+holds out its own test split.
 
 Example:
     >>> from kmr.data.synthetic import make_synthetic
@@ -24,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kmr.data.interactions import Interactions
+from kmr.training.early_stopping import best_epoch
 from kmr.training.evaluation import holdout_split
 from kmr.training.settings import TrainSettings, with_overrides
 
@@ -76,8 +78,10 @@ def tune(data: Interactions, base: TrainSettings | None = None, *,
          budget_seconds: float = 600.0) -> TuneResult:
     """Runs `candidates` of ``grid`` around ``base`` until ``budget_seconds`` are spent.
 
-    ``base.epochs`` is the most epochs a candidate may run; its best validation epoch
-    becomes the chosen ``epochs``. The first candidate always runs.
+    ``base.epochs`` is the most epochs a candidate may run (each stops early after
+    ``base.patience`` epochs without a better smoothed validation score); the best epoch
+    of its smoothed scores (`kmr.training.early_stopping.best_epoch`) becomes the chosen
+    ``epochs``, with ``patience=0``. The first candidate always runs.
     """
     from kmr.training.fit import fit_recommender
 
@@ -93,9 +97,12 @@ def tune(data: Interactions, base: TrainSettings | None = None, *,
             continue
         settings = with_overrides(base, **changes)
         fit = fit_recommender(split.train, settings, validation=split, verbose=0)
-        scores = [(m.hit_rate, m.ndcg) for m in fit.validation]
-        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-        result.rows.append(TuneRow(changes, best + 1, *scores[best], round(fit.seconds, 1)))
+        epoch = best_epoch([(m.hit_rate + m.ndcg) / 2 for m in fit.validation])
+        chosen = fit.validation[epoch - 1]
+        result.rows.append(TuneRow(changes, epoch, chosen.hit_rate, chosen.ndcg,
+                                   round(fit.seconds, 1)))
     winner = max(result.rows, key=lambda r: (r.hit_rate, r.ndcg))  # first wins ties
-    result.best = with_overrides(base, **winner.changes, epochs=winner.best_epoch)
+    # The epoch count is chosen here: `train --settings` then trains exactly that many.
+    result.best = with_overrides(base, **winner.changes, epochs=winner.best_epoch,
+                                 patience=0)
     return result

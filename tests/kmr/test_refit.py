@@ -63,7 +63,9 @@ def test_saved_model_is_trained_on_held_out_latest_positive_when_refit(tmp_path,
     assert metrics["saved_model"] == "final_fit" and "recall@10" in metrics["model"]
     assert metrics["final_fit"]["trained_on"] == "all rows"
     assert metrics["final_fit"]["num_positives"] == len(data)
-    assert metrics["final_fit"]["epochs"] == SETTINGS.epochs
+    chosen = metrics["epoch_choice"]["epochs"]
+    assert 1 <= chosen <= SETTINGS.epochs == metrics["epoch_choice"]["max_epochs"]
+    assert metrics["final_fit"]["epochs"] == metrics["holdout_fit"]["epochs"] == chosen
     assert metrics["holdout_fit"]["num_positives"] == len(data) - data.num_users
     kept_metrics = json.loads((tmp_path / "kept" / contract.METRICS_FILE).read_text())
     assert kept_metrics["saved_model"] == "holdout_fit" and kept_metrics["final_fit"] is None
