@@ -22,7 +22,6 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
 from export.errors import UserError
@@ -53,17 +52,20 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-class NginxBalancer:
-    """nginx as a child process balancing ``grpc`` and ``http`` replica addresses."""
+class NginxBalancer(NginxProcess):
+    """nginx as a child process balancing ``grpc`` and ``http`` replica addresses.
+
+    The product's `NginxProcess` on two free loopback ports; its site follows `down`.
+    """
 
     def __init__(self, grpc: Sequence[str], http: Sequence[str] | None = None, *,
                  workers: int = 1, startup_timeout: float = 10.0) -> None:
-        self.binary = require_nginx()
+        require_nginx()  # fails the test (not a UserError) when nginx is missing
         self.grpc_servers, self.http_servers = list(grpc), list(http or grpc)
-        self.workers, self.startup_timeout = workers, startup_timeout
+        self.workers = workers
         self.grpc_port, self.http_port = _free_ports(2)
         self.down: set[int] = set()
-        self._nginx: NginxProcess | None = None
+        super().__init__(self._site(), startup_timeout=startup_timeout)
 
     @property
     def grpc_url(self) -> str:
@@ -80,47 +82,18 @@ class NginxBalancer:
                          grpc_listen=self.grpc_url, http_listen=self.http_url,
                          workers=self.workers, down=frozenset(self.down))
 
-    def error_log(self) -> str:
-        """nginx's error log so far."""
-        return self._nginx.error_log() if self._nginx is not None else ""
-
-    def start(self) -> None:
-        """Writes the config, starts nginx and waits until both ports accept connections."""
-        self._nginx = NginxProcess(self._site(), startup_timeout=self.startup_timeout)
-        self._nginx.start()
-
     def _index(self, grpc_url: str) -> int:
         return self.grpc_servers.index(grpc_url)
 
     def drain(self, grpc_url: str) -> None:
         """Marks the replica ``down`` (gRPC and HTTP): new requests go to the others."""
         self.down.add(self._index(grpc_url))
-        assert self._nginx is not None, "not started"
-        self._nginx.reload(self._site())
+        self.reload(self._site())
 
     def undrain(self, grpc_url: str) -> None:
         """Puts a drained replica back into both upstreams."""
         self.down.discard(self._index(grpc_url))
-        assert self._nginx is not None, "not started"
-        self._nginx.reload(self._site())
-
-    def stop(self) -> None:
-        """Stops nginx and removes its folder."""
-        if self._nginx is not None:
-            self._nginx.stop()
-            self._nginx = None
-
-    def __enter__(self) -> NginxBalancer:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+        self.reload(self._site())
 
 
 class CheckedLoad:
