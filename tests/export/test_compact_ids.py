@@ -14,7 +14,7 @@ from export.errors import ExportError
 from export.onnx.compact_ids import build_compact_lookup, check_with_onnxruntime, encoder_model
 from kmr import contract
 from kmr.vocabulary import Vocabulary
-from tests.support.export_helpers import save_artifacts, tiny_model
+from tests.support.export_helpers import export_tiny_both, save_artifacts, tiny_model
 
 INT64_MAX, INT64_MIN = 2**63 - 1, -(2**63)
 
@@ -82,11 +82,7 @@ ITEMS = [INT64_MAX - 5 * i for i in range(30)] + [-(10**15) - i * 11 for i in ra
 
 @pytest.fixture(scope="module")
 def sparse_export(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("compact")
-    model = tiny_model(len(USERS), len(ITEMS), 6)
-    path = save_artifacts(model, tmp / "art", USERS, ITEMS)
-    result = export_model(path, tmp / "repo", ExportOptions(name="s", graph="both", k=5))
-    return model, path, {m.graph_kind: m.version_dir for m in result.models}
+    return export_tiny_both(tmp_path_factory.mktemp("compact"), "s", USERS, ITEMS)
 
 
 def _manifest(version_dir) -> dict:

@@ -12,7 +12,7 @@ from export.api import ExportOptions, export_model
 from export.errors import ExportError
 from kmr import contract
 from kmr.vocabulary import Vocabulary
-from tests.support.export_helpers import save_artifacts, tiny_model
+from tests.support.export_helpers import export_tiny_both
 
 USERS = ["007", "7", "", "ü"]
 ITEMS = [f"{i:05d}" for i in range(29)] + ["-1"]
@@ -20,11 +20,7 @@ ITEMS = [f"{i:05d}" for i in range(29)] + ["-1"]
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("raw")
-    model = tiny_model(len(USERS), len(ITEMS), 6)
-    path = save_artifacts(model, tmp / "art", USERS, ITEMS)
-    result = export_model(path, tmp / "repo", ExportOptions(name="r", graph="both", k=5))
-    return model, path, {m.graph_kind: m.version_dir for m in result.models}
+    return export_tiny_both(tmp_path_factory.mktemp("raw"), "r", USERS, ITEMS)
 
 
 def _session(version_dir) -> ort.InferenceSession:

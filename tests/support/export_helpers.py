@@ -36,6 +36,18 @@ def save_artifacts(model, folder: str | os.PathLike[str], users: list | None = N
     return folder / contract.MODEL_FILE
 
 
+def export_tiny_both(folder: Path, name: str, users: list, items: list, dim: int = 6):
+    """Exports a `tiny_model` with raw ids ``users`` / ``items`` (both graphs, k=5, the
+    default backend) into ``folder/repo``; returns (model, model path, kind -> version
+    folder)."""
+    from export.api import ExportOptions, export_model
+
+    model = tiny_model(len(users), len(items), dim)
+    path = save_artifacts(model, folder / "art", users, items)
+    result = export_model(path, folder / "repo", ExportOptions(name=name, graph="both", k=5))
+    return model, path, {m.graph_kind: m.version_dir for m in result.models}
+
+
 def run_session(session, kind: str, feed: dict, id_maps=None) -> dict:
     """A served graph on a dense feed, answers as dense (empty slots: -1 / -inf).
 
