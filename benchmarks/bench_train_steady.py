@@ -5,9 +5,9 @@ first epoch weigh a lot). Here `fit_recommender` trains ``--epochs`` epochs on s
 data of ``--users`` x ``--per-user`` rows (`FitResult.epoch_seconds`); the steady rate
 is the median of the epochs after the first. Variants (interleaved over ``--repeats``):
 Keras' fit of the objective (the previous loop) and `SampledSoftmaxLoop` at the
-defaults, then the compiled loop at batch 512 and at D 64 (what the per-step overhead
-and the width cost). Writes benchmarks/results/train_steady.json/.md (``--out NAME``
-for another file name).
+defaults, then the compiled loop at batch 256 (the previous default), 512 and at D 64
+(what the per-step overhead, the in-batch softmax's B^2 and the width cost). Writes
+benchmarks/results/train_steady.json/.md (``--out NAME`` for another file name).
 
 Run: .venv/bin/python benchmarks/bench_train_steady.py [--repeats 2]
 """
@@ -35,6 +35,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS: dict[str, tuple[dict, bool]] = {
     "Keras fit (ObjectiveModel + LazyAdam, XLA, 64 steps/call)": ({}, False),
     "compiled loop (SampledSoftmaxLoop), defaults": ({}, True),
+    "compiled loop, batch 256 (the previous default)": ({"batch_size": 256}, True),
     "compiled loop, batch 512": ({"batch_size": 512}, True),
     "compiled loop, D 64": ({"embedding_dim": 64}, True),
 }

@@ -35,7 +35,7 @@ DEFAULT_GRID: Mapping[str, Sequence[object]] = {
     "learning_rate": (0.001, 0.005),
     "temperature": (0.05, 0.2),
     "l2_reg": (1e-4, 1e-2),
-    "batch_size": (128, 512),
+    "batch_size": (64, 256),
 }
 
 

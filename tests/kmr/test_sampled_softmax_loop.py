@@ -15,6 +15,7 @@ from kmr.training.sampled_softmax_loop import (
     SampledSoftmaxLoop,
     epoch_batches,
     first_occurrence,
+    item_copies,
 )
 
 # Users 0 and 2 and items 5 and 1 repeat inside a batch; 11 rows in batches of 4 leave a
@@ -30,12 +31,24 @@ def test_first_occurrence_equals_brute_force_when_rows_random():
     assert first_occurrence(ids).tolist() == expected
 
 
+def test_item_copies_counts_real_rows_of_the_batch_when_ids_repeat_and_rows_padded():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 5, size=(40, 9))
+    valid = (rng.random((40, 9)) < 0.8).astype(np.float32)
+    valid[:, 0] = 1.0
+    expected = [[max(1.0, float(sum(v for x, v in zip(row, ok, strict=True) if x == value)))
+                 for value in row] for row, ok in zip(ids, valid, strict=True)]
+    assert item_copies(first_occurrence(ids), valid).tolist() == expected
+
+
 def test_epoch_batches_pads_last_batch_with_its_first_row_when_rows_left_over():
     order = np.array([4, 0, 3, 1, 2])
     batches = epoch_batches(np.arange(5) * 10, np.arange(5), batch_size=2, order=order)
     assert batches.users.tolist() == [[40, 0], [30, 10], [20, 20]]
     assert batches.valid.tolist() == [[1, 1], [1, 1], [1, 0]]
     assert batches.user_first[-1].tolist() == [0, 0]
+    # The padding slot repeats item 2 but is nobody's copy: item 2 has one real row.
+    assert batches.copies[-1].tolist() == [1.0, 1.0]
 
 
 def _models(normalization: str) -> tuple[keras.Model, keras.Model]:
