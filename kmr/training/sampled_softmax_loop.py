@@ -13,9 +13,10 @@ the two agree step by step), about 2x faster on 2 CPU cores, because it:
   of ``tf.unique`` inside the step (XLA's unique alone cost ~0.1 ms per table and step);
 - leaves out a row's other copies of its positive item (they are not negatives) by
   subtracting them from the softmax's sum, counted by the host (`item_copies`), instead
-  of masking a ``(B, B)`` comparison of the batch's items (~5% of the step);
-- writes each updated row with an overwriting scatter from the rows it already
-  gathered, where XLA's accumulating scatter costs more;
+  of masking a ``(B, B)`` comparison of the batch's items (~4% of the step at batch
+  256, less at 128);
+- writes each updated row back whole from the rows it already gathered (every copy of
+  a row computes the same value), so no first-copy mask is needed;
 - runs `STEPS_PER_CALL` steps per compiled call, padding the epoch's last batch
   (`EpochBatches.valid`), so one XLA compilation serves every call of a fit.
 
