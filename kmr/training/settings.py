@@ -30,11 +30,11 @@ class TrainSettings:
     within noise. Batch 128 replaced 256 once `train` chose the epoch count: with it,
     batch 128 scored higher on validation on all three variants of MovieLens
     (positives = ratings >= 4, >= 3, every rating; 5 seeds each,
-    benchmarks/results/batch_size.md) and trains ~12% faster (the in-batch softmax
-    costs B^2 per step). The best epoch count depends on the data (MovieLens ratings
-    >= 4: a plateau from epoch 11 to 20; every rating as a positive: a peak at epoch 5,
-    then overfitting), so `train` chooses it by early stopping on a validation split,
-    up to ``epochs``.
+    benchmarks/results/batch_size.md) and trains 1-4% faster (the in-batch softmax
+    costs B^2 per step; benchmarks/results/train_steady.md). The best epoch count
+    depends on the data (MovieLens ratings >= 4: a plateau from epoch 11 to 20; every
+    rating as a positive: a peak at epoch 5, then overfitting), so `train` chooses it
+    by early stopping on a validation split, up to ``epochs``.
 
     Attributes:
         embedding_dim: Width D of the user and item tables.
