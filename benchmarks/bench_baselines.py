@@ -25,7 +25,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit runs its own threads
@@ -47,9 +46,9 @@ from kmr.training.evaluation import (  # noqa: E402
 )
 from kmr.training.fit import (  # noqa: E402
     TrainSettings,
-    choose_epochs,
     embedding_scorer,
     fit_recommender,
+    with_chosen_epochs,
 )
 from kmr.training.settings import settings_to_dict  # noqa: E402
 
@@ -91,12 +90,9 @@ def main() -> int:
 
     for seed in args.seeds:
         name = "ours (default flags)" if seed == args.seeds[0] else f"ours, seed {seed}"
-        settings = TrainSettings(seed=seed)
         # What `train` does: choose the epoch count on the validation split (the one the
         # baselines are tuned on), then fit the training part with it.
-        choice = choose_epochs(split.train, settings)
-        if choice is not None:
-            settings = replace(settings, epochs=choice.epochs, patience=0)
+        settings, choice = with_chosen_epochs(split.train, TrainSettings(seed=seed))
         fit = fit_recommender(split.train, settings, verbose=0)
         per_user[name] = ranking_per_user(embedding_scorer(fit.model), split)
         seconds = fit.seconds + (choice.seconds if choice is not None else 0.0)

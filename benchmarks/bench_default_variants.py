@@ -43,9 +43,9 @@ from kmr.data.files import load_interactions  # noqa: E402
 from kmr.training.evaluation import HoldoutSplit, holdout_split, ranking_per_user  # noqa: E402
 from kmr.training.fit import (  # noqa: E402
     TrainSettings,
-    choose_epochs,
     embedding_scorer,
     fit_recommender,
+    with_chosen_epochs,
 )
 
 
@@ -53,10 +53,8 @@ def seeds_fit(split: HoldoutSplit, overrides: dict, seeds: list[int]) -> dict:
     """Per-seed `train`-style fits on ``split.train``, scored on ``split``'s positives."""
     runs, epochs, speeds = [], [], []
     for seed in seeds:
-        settings = replace(TrainSettings(seed=seed), **overrides)
-        choice = choose_epochs(split.train, settings)
-        if choice is not None:
-            settings = replace(settings, epochs=choice.epochs, patience=0)
+        settings, _ = with_chosen_epochs(split.train,
+                                         replace(TrainSettings(seed=seed), **overrides))
         fit = fit_recommender(split.train, settings, verbose=0)
         runs.append(ranking_per_user(embedding_scorer(fit.model), split))
         epochs.append(settings.epochs)

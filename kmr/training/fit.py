@@ -295,6 +295,26 @@ def choose_epochs(train: Interactions, settings: TrainSettings, *,
                        fit.seconds)
 
 
+def with_chosen_epochs(train: Interactions, settings: TrainSettings, *,
+                       verbose: int = 0) -> tuple[TrainSettings, EpochChoice | None]:
+    """``settings`` with the epoch count `choose_epochs` picks on ``train`` (patience 0).
+
+    What `train_recommender` fits with; the settings come back unchanged (and the
+    choice is None) when `choose_epochs` keeps ``settings.epochs``.
+
+    Example:
+        >>> from kmr.data.synthetic import make_synthetic
+        >>> data = make_synthetic(num_users=60, num_items=40, interactions_per_user=8)
+        >>> chosen, choice = with_chosen_epochs(data, TrainSettings(epochs=4, embedding_dim=4))
+        >>> chosen.epochs == choice.epochs, chosen.patience
+        (True, 0)
+    """
+    choice = choose_epochs(train, settings, verbose=verbose)
+    if choice is None:
+        return settings, None
+    return replace(settings, epochs=choice.epochs, patience=0), choice
+
+
 # Per-epoch validation ranks the whole catalogue for each validation user: a sample
 # bounds its cost on large data (standard error of HR@10 near 0.1 at 10k users: ~0.003).
 MAX_VALIDATION_USERS = 10_000
@@ -356,9 +376,8 @@ def train_recommender(
     if out_dir is not None:
         check_output_dir(out_dir)  # fail before minutes of training, not after
     split = holdout_split(data, holdout_per_user, seed=settings.seed)
-    choice = choose_epochs(split.train, settings, verbose=verbose)
+    settings, choice = with_chosen_epochs(split.train, settings, verbose=verbose)
     if choice is not None:
-        settings = replace(settings, epochs=choice.epochs, patience=0)
         _say(verbose, f"chose {choice.epochs} epochs (validation scores: "
              f"{', '.join(f'{v:.4f}' for v in choice.scores)})")
     _say(verbose, f"holdout fit on {len(split.train)} rows ({len(split.test_users)} held out)")
