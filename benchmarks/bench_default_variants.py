@@ -57,7 +57,7 @@ def seeds_fit(split: HoldoutSplit, overrides: dict, seeds: list[int]) -> dict:
                                          replace(TrainSettings(seed=seed), **overrides))
         fit = fit_recommender(split.train, settings, verbose=0)
         runs.append(ranking_per_user(embedding_scorer(fit.model), split))
-        epochs.append(settings.epochs)
+        epochs.append(fit.epochs)
         speeds.append(fit.interactions_per_second)
     return {"ranking": seed_mean(runs), "epochs": epochs,
             "interactions_per_second": round(float(np.median(speeds)))}

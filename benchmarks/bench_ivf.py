@@ -72,7 +72,8 @@ def trained_tables() -> tuple[np.ndarray, np.ndarray]:
     from kmr.training.fit import TrainSettings, fit_recommender
 
     fit = fit_recommender(load_interactions(DATA / "ratings.csv"),
-                          TrainSettings(embedding_dim=DIM, epochs=10), verbose=0)
+                          TrainSettings(embedding_dim=DIM, epochs=10,
+                                        objective="sampled_softmax"), verbose=0)
     emb = recommender_parts(fit.model).embedding
     return (np.asarray(emb.user_embeddings.numpy(), np.float32),
             np.asarray(emb.item_embeddings.numpy(), np.float32))

@@ -4,11 +4,12 @@
   per compiled call), the loop `fit_recommender` used before `SampledSoftmaxLoop`;
 - ``compiled loop``: `SampledSoftmaxLoop`, today's default for sampled softmax.
 
-Both at today's `TrainSettings()` defaults. Each variant fits the MovieLens training
-part (each user's latest positive held out) ``--repeats`` times, interleaved; reported:
-median interactions/s of the whole fit (rows x epochs / wall seconds, XLA compilation
-included), of the epochs after the first (steady), and the test HR@10 / NDCG@10 of each
-fit (the loops compute the same updates; only the shuffling RNG differs).
+Both at today's `TrainSettings()` defaults for sampled softmax. Each variant fits the
+MovieLens training part (each user's latest positive held out) ``--repeats`` times,
+interleaved; reported: median interactions/s of the whole fit (rows x epochs / wall
+seconds, XLA compilation included), of the epochs after the first (steady), and the test
+HR@10 / NDCG@10 of each fit (the loops compute the same updates; only the shuffling RNG
+differs).
 Writes benchmarks/results/train_speed.json and .md.
 
 Run: .venv/bin/python benchmarks/bench_train_speed.py [--repeats 3]
@@ -45,7 +46,7 @@ def main() -> int:
     data = load_interactions(DATA)
     split = holdout_split(data)
     start_info = machine_info()
-    settings = TrainSettings()
+    settings = TrainSettings(objective="sampled_softmax")
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     for _ in range(args.repeats):
         for name, compiled in VARIANTS.items():

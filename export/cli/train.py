@@ -80,6 +80,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--objective", choices=("auto", *OBJECTIVES),
                        help=f"default {d.objective}; auto = full softmax up to "
                        f"{d.full_softmax_max_items} items, sampled softmax above")
+    model.add_argument("--ridge-shrinkage", type=float, dest="ridge_shrinkage",
+                       help="low_rank_ridge's ridge strength in units of the mean item "
+                       f"popularity (default {d.ridge_shrinkage})")
     model.add_argument("--k", type=int,
                        help=f"top-k of the saved model and the metrics (default {d.k})")
     model.add_argument("--seed", type=int, help=f"default {d.seed}")
@@ -119,6 +122,7 @@ _FLAGS = {
     "l2_reg": "--l2",
     "temperature": "--temperature",
     "objective": "--objective",
+    "ridge_shrinkage": "--ridge-shrinkage",
     "k": "--k",
     "seed": "--seed",
 }
@@ -133,7 +137,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
             continue
         if name in ("epochs", "embedding_dim", "batch_size", "k"):
             ok, expected = value >= 1, ">= 1"
-        elif name in ("l2_reg", "patience"):
+        elif name in ("l2_reg", "patience", "ridge_shrinkage"):
             ok, expected = value >= 0, ">= 0"
         else:
             ok, expected = value > 0, "> 0"

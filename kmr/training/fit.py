@@ -38,9 +38,15 @@ from kmr.training.evaluation import (
     holdout_split,
     popularity_scorer,
 )
-from kmr.training.loops import EpochLog, fit_compiled, fit_keras, use_compiled_loop
+from kmr.training.loops import (
+    EpochLog,
+    fit_closed_form,
+    fit_compiled,
+    fit_keras,
+    use_compiled_loop,
+)
 from kmr.training.objectives import pairwise_scores
-from kmr.training.settings import TrainSettings
+from kmr.training.settings import CLOSED_FORM_OBJECTIVES, TrainSettings
 
 
 @dataclass
@@ -190,8 +196,9 @@ def fit_recommender(
         verbose: 0 silent, 1 one line per epoch with the loss.
         compiled_loop: Train with `SampledSoftmaxLoop` (sampled softmax on TensorFlow
             only), or with Keras' ``fit`` of `ObjectiveModel` + `LazyAdam` (every
-            objective, every backend). ``None`` (default): the compiled loop wherever
-            it applies; the two compute the same updates.
+            gradient objective, every backend). ``None`` (default): the compiled loop
+            wherever it applies; the two compute the same updates. A closed-form
+            objective (``"low_rank_ridge"``) is solved in one step either way.
 
     Returns:
         The trained inference model and its curves.
@@ -199,16 +206,19 @@ def fit_recommender(
     Example:
         >>> from kmr.data.synthetic import make_synthetic
         >>> data = make_synthetic(num_users=50, num_items=40, interactions_per_user=5)
-        >>> fit = fit_recommender(data, TrainSettings(epochs=2, embedding_dim=4), verbose=0)
-        >>> len(fit.loss)
+        >>> softmax = TrainSettings(epochs=2, embedding_dim=4, objective="sampled_softmax")
+        >>> len(fit_recommender(data, softmax, verbose=0).loss)
         2
+        >>> fit_recommender(data, TrainSettings(embedding_dim=4), verbose=0).epochs
+        1
     """
     settings = settings or TrainSettings()
     if len(train) == 0:
         raise ValueError("No training positives.")
     keras.utils.set_random_seed(settings.seed)
     objective = settings.resolved_objective(train.num_items)
-    compiled = use_compiled_loop(objective, compiled_loop)
+    closed_form = objective in CLOSED_FORM_OBJECTIVES
+    compiled = not closed_form and use_compiled_loop(objective, compiled_loop)
     model = build_recommender(
         train.num_users,
         train.num_items,
@@ -219,10 +229,12 @@ def fit_recommender(
     )
     parts = recommender_parts(model)
     tracker = None if validation is None else _ValidationTracker(model, validation, settings.k)
-    epochs = EpochLog(tracker=tracker, verbose=verbose, total=settings.epochs,
-                      patience=settings.patience)
+    epochs = EpochLog(tracker=tracker, verbose=verbose,
+                      total=1 if closed_form else settings.epochs, patience=settings.patience)
     start = time.perf_counter()
-    if compiled:
+    if closed_form:
+        fit_closed_form(train, settings, parts, epochs)
+    elif compiled:
         fit_compiled(train, settings, parts, epochs)
     else:
         fit_keras(train, settings, parts, objective, epochs)
@@ -272,17 +284,20 @@ def choose_epochs(train: Interactions, settings: TrainSettings, *,
     Each user's latest positive of ``train`` is held out; a *selection fit* on the rest
     records the validation score after every epoch and stops early
     (`kmr.training.early_stopping`); the best epoch of the smoothed scores is the count.
-    Returns None (keep ``settings.epochs``) when ``settings.patience`` is 0 or no user
-    has a positive to hold out.
+    Returns None (keep ``settings.epochs``) when ``settings.patience`` is 0, the
+    objective has no epochs (closed form) or no user has a positive to hold out.
 
     Example:
         >>> from kmr.data.synthetic import make_synthetic
         >>> data = make_synthetic(num_users=60, num_items=40, interactions_per_user=8)
-        >>> choice = choose_epochs(data, TrainSettings(epochs=4, embedding_dim=4))
+        >>> softmax = TrainSettings(epochs=4, embedding_dim=4, objective="sampled_softmax")
+        >>> choice = choose_epochs(data, softmax)
         >>> 1 <= choice.epochs <= len(choice.scores) <= 4
         True
+        >>> choose_epochs(data, TrainSettings(objective="low_rank_ridge")) is None
+        True
     """
-    if settings.patience <= 0:
+    if settings.patience <= 0 or not settings.has_epochs(train.num_items):
         return None
     validation = _at_most_users(holdout_split(train, seed=settings.seed), settings.seed)
     if len(validation.test_users) == 0:
@@ -305,7 +320,8 @@ def with_chosen_epochs(train: Interactions, settings: TrainSettings, *,
     Example:
         >>> from kmr.data.synthetic import make_synthetic
         >>> data = make_synthetic(num_users=60, num_items=40, interactions_per_user=8)
-        >>> chosen, choice = with_chosen_epochs(data, TrainSettings(epochs=4, embedding_dim=4))
+        >>> softmax = TrainSettings(epochs=4, embedding_dim=4, objective="sampled_softmax")
+        >>> chosen, choice = with_chosen_epochs(data, softmax)
         >>> chosen.epochs == choice.epochs, chosen.patience
         (True, 0)
     """
@@ -390,7 +406,9 @@ def train_recommender(
         print(format_metrics_table(metrics))
     final = holdout
     if refit:
-        _say(verbose, f"final fit on all {len(data)} rows, {settings.epochs} epochs")
+        how = (f"{settings.epochs} epochs" if settings.has_epochs(data.num_items)
+               else "closed form")
+        _say(verbose, f"final fit on all {len(data)} rows, {how}")
         final = fit_recommender(data, settings, verbose=verbose)
     result = TrainResult(
         fit=final,

@@ -1,11 +1,13 @@
-"""The two loops that train the tables, and the per-epoch log both report to.
+"""The ways the tables are trained, and the per-epoch log they report to.
 
 - `fit_compiled`: `SampledSoftmaxLoop` (sampled softmax on TensorFlow), the default
   where it applies (`compiled_loop_applies`);
-- `fit_keras`: Keras' ``fit`` of `ObjectiveModel` with `LazyAdam` (every objective and
-  backend; the same updates for sampled softmax).
+- `fit_keras`: Keras' ``fit`` of `ObjectiveModel` with `LazyAdam` (every gradient
+  objective and backend; the same updates for sampled softmax);
+- `fit_closed_form`: the ``"low_rank_ridge"`` solution (`kmr.training.low_rank_ridge`),
+  written into the tables as one "epoch".
 
-Both train the layers of ``parts`` in place and report each epoch to an `EpochLog`
+Each trains the layers of ``parts`` in place and reports each epoch to an `EpochLog`
 (loss, wall seconds, validation, progress line).
 
 Example:
@@ -32,6 +34,7 @@ import numpy as np
 from kmr.data.interactions import Interactions
 from kmr.models import RecommenderParts
 from kmr.training.early_stopping import stalled
+from kmr.training.low_rank_ridge import low_rank_ridge_tables
 from kmr.training.objectives import ObjectiveModel
 from kmr.training.optimizers import LazyAdam
 from kmr.training.sampled_softmax_loop import (
@@ -139,6 +142,25 @@ def fit_keras(
         verbose=0,
         callbacks=[_KerasEpochs(epochs)],
     )
+
+
+def fit_closed_form(
+    train: Interactions, settings: TrainSettings, parts: RecommenderParts, epochs: EpochLog
+) -> None:
+    """Writes the ``"low_rank_ridge"`` tables into ``parts`` (requires ``"sqrt_dim"``)."""
+    if parts.similarity.normalization != "sqrt_dim":
+        raise ValueError(
+            "Invalid value received for argument `normalization`: objective="
+            "'low_rank_ridge' scores with plain dot products, so it needs "
+            "normalization='sqrt_dim' (cosine would rescale each item and change the "
+            f"ranking). Received: normalization={parts.similarity.normalization!r}"
+        )
+    epochs.begin()
+    tables = low_rank_ridge_tables(train, settings.embedding_dim, settings.ridge_shrinkage,
+                                   settings.seed)
+    parts.embedding.user_embeddings.assign(tables.users)
+    parts.embedding.item_embeddings.assign(tables.items)
+    epochs.end(tables.loss)
 
 
 @dataclass

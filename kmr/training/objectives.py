@@ -35,7 +35,7 @@ import numpy as np
 from keras import ops
 
 from kmr.layers import CollaborativeUserItemEmbedding, NormalizedDotProductSimilarity
-from kmr.training.settings import OBJECTIVES
+from kmr.training.settings import GRADIENT_OBJECTIVES
 
 # Large negative logit for masked entries (not -inf: 0 * inf would poison gradients).
 _MASKED = -1e9
@@ -47,7 +47,7 @@ class ObjectiveModel(keras.Model):
     Args:
         embedding: The inference model's embedding layer (weights are shared).
         similarity: The inference model's similarity layer.
-        objective: One of ``OBJECTIVES``.
+        objective: One of ``GRADIENT_OBJECTIVES``.
         item_counts: Training positives per item, shape ``(num_items,)``; gives the
             logQ correction of ``"sampled_softmax"``.
         temperature: Logits are ``similarity / temperature`` (> 0).
@@ -70,10 +70,10 @@ class ObjectiveModel(keras.Model):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if objective not in OBJECTIVES:
+        if objective not in GRADIENT_OBJECTIVES:
             raise ValueError(
                 f"Invalid value received for argument `objective`. Expected one of "
-                f"{OBJECTIVES}. Received: objective={objective!r}"
+                f"{GRADIENT_OBJECTIVES}. Received: objective={objective!r}"
             )
         if not temperature > 0:
             raise ValueError(

@@ -1,22 +1,30 @@
 """Hyper-parameters of a training run (no Keras import: the CLI's --help stays fast).
 
 Example:
-    >>> TrainSettings(epochs=5).resolved_objective(num_items=1000)
-    'sampled_softmax'
+    >>> TrainSettings().resolved_objective(num_items=1000)
+    'low_rank_ridge'
+    >>> TrainSettings(objective="auto").resolved_objective(num_items=1000)
+    'full_softmax'
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-OBJECTIVES = ("full_softmax", "sampled_softmax", "bpr")
+# Trained by gradient steps over epochs (`kmr.training.objectives`).
+GRADIENT_OBJECTIVES = ("full_softmax", "sampled_softmax", "bpr")
+# Solved in closed form, no epochs (`kmr.training.low_rank_ridge`).
+CLOSED_FORM_OBJECTIVES = ("low_rank_ridge",)
+OBJECTIVES = GRADIENT_OBJECTIVES + CLOSED_FORM_OBJECTIVES
 
 # "auto" uses the exact full softmax up to this catalogue size: a (B, N) logit block
 # per step stays affordable (128 x 100k floats = 50 MB); above it, in-batch sampled
-# softmax with logQ correction, whose cost does not grow with N. The default objective
-# is sampled softmax at every size: on MovieLens validation it ranked as well as full
-# softmax (Recall@10 0.089 vs 0.086, within noise) at a quarter of the time
-# (benchmarks/results/objectives.md).
+# softmax with logQ correction, whose cost does not grow with N. Of the gradient
+# objectives, sampled softmax ranked as well as full softmax on MovieLens validation
+# (Recall@10 0.089 vs 0.086, within noise) at a quarter of the time
+# (benchmarks/results/objectives.md). The default is the closed-form "low_rank_ridge":
+# it ranked above the sampled-softmax defaults on all three variants of MovieLens, on
+# validation and test, HR@10 and NDCG@10 (benchmarks/results/objective_variants.md).
 FULL_SOFTMAX_MAX_ITEMS = 100_000
 
 
@@ -24,7 +32,10 @@ FULL_SOFTMAX_MAX_ITEMS = 100_000
 class TrainSettings:
     """Hyper-parameters of one training run.
 
-    The defaults come from the validation-split grid of
+    The default objective is ``"low_rank_ridge"`` (closed form: ``embedding_dim``,
+    ``ridge_shrinkage`` and ``seed`` are its settings; ``ridge_shrinkage`` 10 was
+    within noise of 5 and 20 on MovieLens and above both on average). The rest are
+    the gradient objectives' settings; they come from the validation-split grid of
     benchmarks/bench_tune_defaults.py (MovieLens latest-small, rating >= 4, LazyAdam
     loop): learning rate 0.002 / D 128 beat 0.005 and D 64; temperatures 0.05-0.2 were
     within noise. Batch 128 replaced 256 once `train` chose the epoch count: with it,
@@ -49,6 +60,8 @@ class TrainSettings:
         temperature: Logits are ``similarity / temperature``.
         objective: ``"auto"`` or one of ``objectives.OBJECTIVES``.
         num_negatives: Sampled negatives per positive for ``"bpr"``.
+        ridge_shrinkage: ``"low_rank_ridge"``'s ridge strength, in units of the mean
+            item popularity.
         logq_weight: Strength of sampled softmax's logQ (popularity) correction.
         full_softmax_max_items: ``"auto"`` picks full softmax up to this many items.
         k: Top-k kept by the saved model (and the metrics' cut-off).
@@ -63,8 +76,9 @@ class TrainSettings:
     learning_rate: float = 0.002
     l2_reg: float = 1e-3
     temperature: float = 0.1
-    objective: str = "sampled_softmax"
+    objective: str = "low_rank_ridge"
     num_negatives: int = 16
+    ridge_shrinkage: float = 10.0
     logq_weight: float = 1.0
     full_softmax_max_items: int = FULL_SOFTMAX_MAX_ITEMS
     k: int = 10
@@ -83,6 +97,15 @@ class TrainSettings:
                 f"of {OBJECTIVES}. Received: objective={self.objective!r}"
             )
         return self.objective
+
+    def has_epochs(self, num_items: int) -> bool:
+        """Whether the objective trains over epochs (closed-form ones do not).
+
+        Example:
+            >>> TrainSettings(objective="low_rank_ridge").has_epochs(num_items=1000)
+            False
+        """
+        return self.resolved_objective(num_items) not in CLOSED_FORM_OBJECTIVES
 
 
 def settings_to_dict(settings: TrainSettings) -> dict[str, object]:

@@ -30,13 +30,30 @@ from kmr.training.evaluation import holdout_split
 from kmr.training.settings import TrainSettings, with_overrides
 
 # One axis at a time around the defaults (bounded: 1 + sum of the alternatives runs).
-DEFAULT_GRID: Mapping[str, Sequence[object]] = {
+GRADIENT_GRID: Mapping[str, Sequence[object]] = {
     "embedding_dim": (64, 256),
     "learning_rate": (0.001, 0.005),
     "temperature": (0.05, 0.2),
     "l2_reg": (1e-4, 1e-2),
     "batch_size": (64, 256),
 }
+# The closed-form objective has two settings (about a second per candidate on
+# MovieLens); the gradient family's default is one more candidate.
+CLOSED_FORM_GRID: Mapping[str, Sequence[object]] = {
+    "embedding_dim": (64, 256),
+    "ridge_shrinkage": (3.0, 30.0),
+    "objective": ("sampled_softmax",),
+}
+
+
+def default_grid(settings: TrainSettings, num_items: int) -> Mapping[str, Sequence[object]]:
+    """The axes that matter for ``settings``' objective.
+
+    Example:
+        >>> sorted(default_grid(TrainSettings(objective="low_rank_ridge"), 100))
+        ['embedding_dim', 'objective', 'ridge_shrinkage']
+    """
+    return GRADIENT_GRID if settings.has_epochs(num_items) else CLOSED_FORM_GRID
 
 
 @dataclass(frozen=True)
@@ -74,10 +91,11 @@ def candidates(grid: Mapping[str, Sequence[object]]) -> list[dict[str, object]]:
 
 
 def tune(data: Interactions, base: TrainSettings | None = None, *,
-         grid: Mapping[str, Sequence[object]] = DEFAULT_GRID,
+         grid: Mapping[str, Sequence[object]] | None = None,
          budget_seconds: float = 600.0) -> TuneResult:
     """Runs `candidates` of ``grid`` around ``base`` until ``budget_seconds`` are spent.
 
+    ``grid`` defaults to `default_grid` of ``base``'s objective.
     ``base.epochs`` is the most epochs a candidate may run (each stops early after
     ``base.patience`` epochs without a better smoothed validation score); the best epoch
     of its smoothed scores (`kmr.training.early_stopping.best_epoch`) becomes the chosen
@@ -87,6 +105,7 @@ def tune(data: Interactions, base: TrainSettings | None = None, *,
 
     base = base or TrainSettings()
     split = holdout_split(data, 1, seed=base.seed)
+    grid = default_grid(base, data.num_items) if grid is None else grid
     result = TuneResult()
     started = time.monotonic()
     for changes in candidates(grid):

@@ -62,15 +62,16 @@ def test_choose_epochs_returns_none_when_patience_is_zero():
 
 def test_train_uses_exactly_the_given_epochs_when_patience_is_zero():
     data = make_synthetic(num_users=40, num_items=20, interactions_per_user=5)
-    result = train_recommender(data, TrainSettings(epochs=3, embedding_dim=4, patience=0),
-                               verbose=0)
+    settings = TrainSettings(epochs=3, embedding_dim=4, patience=0, objective="sampled_softmax")
+    result = train_recommender(data, settings, verbose=0)
     assert result.fit.epochs == result.holdout_fit.epochs == 3
     assert result.summary["epoch_choice"] is None
 
 
 def test_train_records_the_choice_when_patience_is_positive():
     data = make_synthetic(num_users=40, num_items=20, interactions_per_user=6)
-    result = train_recommender(data, TrainSettings(epochs=4, embedding_dim=4), verbose=0)
+    result = train_recommender(
+        data, TrainSettings(epochs=4, embedding_dim=4, objective="sampled_softmax"), verbose=0)
     choice = result.summary["epoch_choice"]
     assert choice["epochs"] == result.fit.epochs == result.holdout_fit.epochs
     assert len(choice["validation_scores"]) == choice["epochs_run"] <= 4

@@ -16,7 +16,7 @@ from kmr.models import build_recommender, recommender_parts
 from kmr.training.fit import TrainSettings, train_recommender
 from kmr.vocabulary import Vocabulary
 
-SETTINGS = TrainSettings(epochs=2, embedding_dim=8, batch_size=64)
+SETTINGS = TrainSettings(epochs=2, embedding_dim=8, batch_size=64, objective="sampled_softmax")
 NEW_ITEM_ID = 10_000
 
 
@@ -69,6 +69,16 @@ def test_saved_model_is_trained_on_held_out_latest_positive_when_refit(tmp_path,
     assert metrics["holdout_fit"]["num_positives"] == len(data) - data.num_users
     kept_metrics = json.loads((tmp_path / "kept" / contract.METRICS_FILE).read_text())
     assert kept_metrics["saved_model"] == "holdout_fit" and kept_metrics["final_fit"] is None
+
+
+def test_saved_closed_form_model_has_the_held_out_latest_item_when_refit(tmp_path, data):
+    settings = TrainSettings(objective="low_rank_ridge", embedding_dim=8)
+    new_item = data.num_items - 1
+    train_recommender(data, settings, tmp_path / "refit", verbose=0)
+    train_recommender(data, settings, tmp_path / "kept", refit=False, verbose=0)
+    # Closed form: an item without training rows gets an all-zero row.
+    assert not _saved_item_row(tmp_path / "kept", new_item).any()
+    assert _saved_item_row(tmp_path / "refit", new_item).any()
 
 
 def test_train_cli_saves_holdout_fit_when_no_refit(tmp_path):

@@ -20,6 +20,7 @@ from kmr.training.sampled_softmax_loop import (
 
 # Users 0 and 2 and items 5 and 1 repeat inside a batch; 11 rows in batches of 4 leave a
 # padded last batch of 3.
+SOFTMAX_3_EPOCHS = TrainSettings(epochs=3, embedding_dim=4, objective="sampled_softmax")
 USERS = np.array([0, 0, 1, 2, 2, 3, 0, 2, 4, 1, 3])
 ITEMS = np.array([5, 1, 5, 1, 2, 6, 5, 0, 3, 5, 4])
 NUM_USERS, NUM_ITEMS, DIM = 5, 7, 6
@@ -109,7 +110,7 @@ def test_fit_recommender_records_epoch_seconds_when_loop_runs():
     from kmr.data.synthetic import make_synthetic
 
     data = make_synthetic(num_users=30, num_items=20, interactions_per_user=4)
-    fit = fit_recommender(data, TrainSettings(epochs=3, embedding_dim=4), verbose=0)
+    fit = fit_recommender(data, SOFTMAX_3_EPOCHS, verbose=0)
     assert len(fit.epoch_seconds) == 3 and fit.loss[-1] < fit.loss[0]
 
 
@@ -126,8 +127,7 @@ def test_fit_recommender_trains_with_keras_fit_when_compiled_loop_off():
     from kmr.data.synthetic import make_synthetic
 
     data = make_synthetic(num_users=30, num_items=20, interactions_per_user=4)
-    fit = fit_recommender(data, TrainSettings(epochs=3, embedding_dim=4), verbose=0,
-                          compiled_loop=False)
+    fit = fit_recommender(data, SOFTMAX_3_EPOCHS, verbose=0, compiled_loop=False)
     assert len(fit.epoch_seconds) == 3 and fit.loss[-1] < fit.loss[0]
 
 

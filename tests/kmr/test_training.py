@@ -22,7 +22,7 @@ from kmr.training.evaluation import (
     popularity_scorer,
 )
 from kmr.training.fit import TrainSettings, embedding_scorer, fit_recommender, train_recommender
-from kmr.training.objectives import OBJECTIVES, pairwise_scores
+from kmr.training.objectives import GRADIENT_OBJECTIVES, pairwise_scores
 from kmr.vocabulary import Vocabulary
 
 FAST = TrainSettings(epochs=5, embedding_dim=32, learning_rate=0.005)
@@ -54,7 +54,7 @@ def test_fit_recommender_gives_identical_weights_when_seed_equal(synthetic):
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("objective", GRADIENT_OBJECTIVES)
 def test_fit_recommender_lowers_loss_when_objective_chosen(synthetic, objective):
     small = synthetic.subset(synthetic.users < 300)
     settings = TrainSettings(epochs=3, embedding_dim=8, objective=objective, learning_rate=0.01)
@@ -220,7 +220,8 @@ def test_evaluate_ranking_equals_reference_when_several_items_held_out():
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [("--dim", "0", "--dim must be >= 1"), ("--lr", "0", "--lr must be > 0"),
-     ("--l2", "nan", "--l2 must be >= 0"), ("--batch-size", "0", "--batch-size must be")],
+     ("--l2", "nan", "--l2 must be >= 0"), ("--batch-size", "0", "--batch-size must be"),
+     ("--ridge-shrinkage", "-1", "--ridge-shrinkage must be >= 0, got -1.0")],
 )
 def test_train_cli_names_the_flag_when_flag_out_of_range(tmp_path, capsys, flag, value, message):
     code = cli_main(["train", "--out", str(tmp_path / "a"), flag, value])
