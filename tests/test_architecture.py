@@ -10,8 +10,11 @@ without a one-line ``# long-function:`` reason.
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import grimp
@@ -113,6 +116,49 @@ def test_tests_never_import_benchmarks_when_scanned() -> None:
             hits += [f"{path.relative_to(ROOT)}:{node.lineno}" for n in names
                      if n.split(".")[0] in ("benchmarks", "loadgen", "_common")]
     assert hits == []
+
+
+# Modules the serving runtime provides (Triton's python backend), not a pip install.
+RUNTIME_PROVIDED = {"triton_python_backend_utils"}
+
+
+def _declared(extras: tuple[str, ...]) -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    specs = project["dependencies"] + [d for e in extras
+                                       for d in project["optional-dependencies"][e]]
+    return {re.split(r"[\[=<>!~; ]", d, maxsplit=1)[0].lower().replace("_", "-")
+            for d in specs}
+
+
+def _third_party_imports(package: str) -> dict[str, str]:
+    """Top-level third-party module -> first file:line importing it, over ``package``."""
+    own = {"kmr", "export", "client"}
+    found: dict[str, str] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {n.split(".")[0] for n in names} - own - set(sys.stdlib_module_names):
+                found.setdefault(top, f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+@pytest.mark.parametrize(("package", "extras"), [("client", ()), ("kmr", ("export",)),
+                                                 ("export", ("export",))])
+def test_every_third_party_import_is_a_declared_dependency_when_scanned(package,
+                                                                        extras) -> None:
+    # A bare `pip install .[export]` must be enough (scipy was once only in `bench`).
+    declared = _declared(extras)
+    distributions = importlib.metadata.packages_distributions()
+    missing = {module: where for module, where in _third_party_imports(package).items()
+               if module not in RUNTIME_PROVIDED and not any(
+                   d.lower().replace("_", "-") in declared
+                   for d in distributions.get(module, [module]))}
+    assert missing == {}, f"imported but not in pyproject {extras or 'base'} deps: {missing}"
 
 
 def test_product_functions_are_short_or_say_why_when_measured() -> None:
