@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
 
 from export.errors import UserError
 from kmr.training.settings import OBJECTIVES, TrainSettings, with_overrides
@@ -133,17 +134,23 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
 
     given = {name: getattr(args, name, None) for name in _FLAGS}
     for name, value in given.items():
-        if value is None or name in ("objective", "seed"):
-            continue
-        if name in ("epochs", "embedding_dim", "batch_size", "k"):
-            ok, expected = value >= 1, ">= 1"
-        elif name in ("l2_reg", "patience", "ridge_shrinkage"):
-            ok, expected = value >= 0, ">= 0"
-        else:
-            ok, expected = value > 0, "> 0"
-        if not ok:  # also refuses NaN
-            raise UserError(f"{_FLAGS[name]} must be {expected}, got {value}.")
+        if value is not None:
+            _check_value(name, value, _FLAGS[name])
     return with_overrides(_base_settings(args), **given)
+
+
+def _check_value(name: str, value: object, label: str) -> None:
+    """UserError naming ``label`` unless ``value`` is in range for setting ``name``."""
+    if name in ("epochs", "embedding_dim", "batch_size", "k"):
+        ok, expected = value >= 1, ">= 1"
+    elif name in ("l2_reg", "patience", "ridge_shrinkage"):
+        ok, expected = value >= 0, ">= 0"
+    elif name in ("learning_rate", "temperature"):
+        ok, expected = value > 0, "> 0"
+    else:
+        return
+    if not ok or not math.isfinite(value):  # comparisons alone refuse NaN, not inf
+        raise UserError(f"{label} must be a finite number {expected}, got {value}.")
 
 
 def _base_settings(args: argparse.Namespace) -> TrainSettings:
@@ -156,7 +163,10 @@ def _base_settings(args: argparse.Namespace) -> TrainSettings:
     try:
         with open(path, encoding="utf-8") as f:
             values = json.load(f)["settings"]
-        return TrainSettings(**values)
+        settings = TrainSettings(**values)
+        for name in _FLAGS:
+            _check_value(name, getattr(settings, name), f"--settings {path}: {name}")
+        return settings
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"--settings {path}: not a settings file written by tune ({error})"
                         ) from error

@@ -219,9 +219,13 @@ def test_evaluate_ranking_equals_reference_when_several_items_held_out():
 
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
-    [("--dim", "0", "--dim must be >= 1"), ("--lr", "0", "--lr must be > 0"),
-     ("--l2", "nan", "--l2 must be >= 0"), ("--batch-size", "0", "--batch-size must be"),
-     ("--ridge-shrinkage", "-1", "--ridge-shrinkage must be >= 0, got -1.0")],
+    [("--dim", "0", "--dim must be a finite number >= 1"),
+     ("--lr", "0", "--lr must be a finite number > 0"),
+     ("--l2", "nan", "--l2 must be a finite number >= 0"),
+     ("--batch-size", "0", "--batch-size must be"),
+     ("--ridge-shrinkage", "-1", "--ridge-shrinkage must be a finite number >= 0, got -1.0"),
+     ("--ridge-shrinkage", "inf", "--ridge-shrinkage must be a finite number >= 0, got inf"),
+     ("--lr", "inf", "--lr must be a finite number > 0, got inf")],
 )
 def test_train_cli_names_the_flag_when_flag_out_of_range(tmp_path, capsys, flag, value, message):
     code = cli_main(["train", "--out", str(tmp_path / "a"), flag, value])
@@ -231,7 +235,7 @@ def test_train_cli_names_the_flag_when_flag_out_of_range(tmp_path, capsys, flag,
 
 def test_demo_cli_exits_one_before_training_when_flag_out_of_range(tmp_path, capsys):
     code = cli_main(["demo", "--workdir", str(tmp_path / "w"), "--dim", "0"])
-    assert code == 1 and "--dim must be >= 1" in capsys.readouterr().err
+    assert code == 1 and "--dim must be a finite number >= 1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 

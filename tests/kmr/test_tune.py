@@ -47,3 +47,12 @@ def test_train_cli_refuses_settings_file_when_it_is_not_from_tune(tmp_path, caps
     bad.write_text('{"nope": 1}')
     assert main(["train", *SMALL, "--settings", str(bad), "--out", str(tmp_path / "a")]) == 1
     assert "not a settings file written by tune" in capsys.readouterr().err
+
+
+def test_train_cli_names_the_setting_when_settings_file_value_out_of_range(tmp_path,
+                                                                           capsys) -> None:
+    bad = tmp_path / "tuned.json"
+    bad.write_text('{"settings": {"ridge_shrinkage": -1.0}}')
+    assert main(["train", *SMALL, "--settings", str(bad), "--out", str(tmp_path / "a")]) == 1
+    assert "ridge_shrinkage must be a finite number >= 0, got -1.0" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
