@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit runs its own threads
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -46,6 +47,8 @@ from kmr.training.evaluation import (  # noqa: E402
     ranking_per_user,
 )
 from kmr.training.fit import (  # noqa: E402
+    EpochChoice,
+    FitResult,
     TrainSettings,
     embedding_scorer,
     fit_recommender,
@@ -126,6 +129,25 @@ def main() -> int:
     return 0
 
 
+class TrainLikeFit(NamedTuple):
+    """One fit of ours as `train` does it, and its ranking of the held-out positives."""
+
+    settings: TrainSettings
+    choice: EpochChoice | None
+    fit: FitResult
+    ranking: PerUserRanking
+
+
+def fit_as_train(split: HoldoutSplit, overrides: dict, seed: int) -> TrainLikeFit:
+    """Ours on ``split.train`` as `train` fits (epoch count chosen on a split carved from
+    it), scored on ``split``'s held-out positives."""
+    settings, choice = with_chosen_epochs(split.train,
+                                          replace(TrainSettings(seed=seed), **overrides))
+    fit = fit_recommender(split.train, settings, verbose=0)
+    return TrainLikeFit(settings, choice, fit,
+                        ranking_per_user(embedding_scorer(fit.model), split))
+
+
 def _ours(splits: tuple[HoldoutSplit, HoldoutSplit], label: str, overrides: dict,
           seeds: list[int]) -> tuple[dict[str, dict], dict[str, PerUserRanking]]:
     """Per seed, fits as `train` does (epoch count chosen on a split carved from the
@@ -137,16 +159,12 @@ def _ours(splits: tuple[HoldoutSplit, HoldoutSplit], label: str, overrides: dict
     on_validation = []
     for seed in seeds:
         name = f"{label} (default flags)" if seed == seeds[0] else f"{label}, seed {seed}"
-        base = replace(TrainSettings(seed=seed), **overrides)
-        settings, choice = with_chosen_epochs(split.train, base)
-        fit = fit_recommender(split.train, settings, verbose=0)
-        per_user[name] = ranking_per_user(embedding_scorer(fit.model), split)
-        seconds = fit.seconds + (choice.seconds if choice is not None else 0.0)
-        val_settings, _ = with_chosen_epochs(validation.train, base)
-        val_model = fit_recommender(validation.train, val_settings, verbose=0).model
-        on_validation.append(ranking_per_user(embedding_scorer(val_model), validation))
-        rows[name] = {"seconds": round(seconds, 2), "params": settings_to_dict(settings),
-                      "interactions_per_second": round(fit.interactions_per_second),
+        ours = fit_as_train(split, overrides, seed)
+        per_user[name] = ours.ranking
+        seconds = ours.fit.seconds + (ours.choice.seconds if ours.choice is not None else 0.0)
+        on_validation.append(fit_as_train(validation, overrides, seed).ranking)
+        rows[name] = {"seconds": round(seconds, 2), "params": settings_to_dict(ours.settings),
+                      "interactions_per_second": round(ours.fit.interactions_per_second),
                       "validation": _summary(on_validation[-1])}
         print(name, _summary(per_user[name]), flush=True)
     if len(seeds) > 1:

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -37,28 +36,20 @@ from _common import (  # noqa: E402
     markdown_table,
     write_results,
 )
-from bench_baselines import DATA, _summary, paired, seed_mean  # noqa: E402
+from bench_baselines import DATA, _summary, fit_as_train, paired, seed_mean  # noqa: E402
 
 from kmr.data.files import load_interactions  # noqa: E402
-from kmr.training.evaluation import HoldoutSplit, holdout_split, ranking_per_user  # noqa: E402
-from kmr.training.fit import (  # noqa: E402
-    TrainSettings,
-    embedding_scorer,
-    fit_recommender,
-    with_chosen_epochs,
-)
+from kmr.training.evaluation import HoldoutSplit, holdout_split  # noqa: E402
 
 
 def seeds_fit(split: HoldoutSplit, overrides: dict, seeds: list[int]) -> dict:
     """Per-seed `train`-style fits on ``split.train``, scored on ``split``'s positives."""
     runs, epochs, speeds = [], [], []
     for seed in seeds:
-        settings, _ = with_chosen_epochs(split.train,
-                                         replace(TrainSettings(seed=seed), **overrides))
-        fit = fit_recommender(split.train, settings, verbose=0)
-        runs.append(ranking_per_user(embedding_scorer(fit.model), split))
-        epochs.append(fit.epochs)
-        speeds.append(fit.interactions_per_second)
+        ours = fit_as_train(split, overrides, seed)
+        runs.append(ours.ranking)
+        epochs.append(ours.fit.epochs)
+        speeds.append(ours.fit.interactions_per_second)
     return {"ranking": seed_mean(runs), "epochs": epochs,
             "interactions_per_second": round(float(np.median(speeds)))}
 

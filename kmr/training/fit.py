@@ -46,7 +46,7 @@ from kmr.training.loops import (
     use_compiled_loop,
 )
 from kmr.training.objectives import pairwise_scores
-from kmr.training.settings import CLOSED_FORM_OBJECTIVES, TrainSettings
+from kmr.training.settings import TrainSettings
 
 
 @dataclass
@@ -217,7 +217,7 @@ def fit_recommender(
         raise ValueError("No training positives.")
     keras.utils.set_random_seed(settings.seed)
     objective = settings.resolved_objective(train.num_items)
-    closed_form = objective in CLOSED_FORM_OBJECTIVES
+    closed_form = not settings.has_epochs(train.num_items)
     compiled = not closed_form and use_compiled_loop(objective, compiled_loop)
     model = build_recommender(
         train.num_users,
